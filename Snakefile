@@ -1,0 +1,19 @@
+# loralens: LoRA-adapted Whisper for speech emotion recognition, and what LoRA changes inside it.
+# Stages live in rules/*.smk; all logic lives in the workflow_scripts package.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

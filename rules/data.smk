@@ -1,0 +1,66 @@
+# Corpus ingestion: the demo corpus, manifest + rejected clips, folds, audio cache.
+
+
+rule demo_corpus:
+    output:
+        directory("results/demo_corpus"),
+    params:
+        spec=as_json(config["demo_corpus"]),
+    log:
+        "results/logs/demo_corpus.log",
+    threads: 2
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m workflow_scripts.data.demo_corpus --spec {params.spec:q} --out {output} 2> {log}"
+
+
+rule manifest:
+    input:
+        dataset_source,
+    output:
+        manifest="results/data/{dataset}/manifest.parquet",
+        rejected="results/data/{dataset}/rejected.csv",
+    params:
+        spec=dataset_spec_json,
+    log:
+        "results/logs/manifest/{dataset}.log",
+    threads: 2
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m workflow_scripts.data.manifest --dataset {wildcards.dataset}"
+        " --spec {params.spec:q} --manifest {output.manifest} --rejected {output.rejected}"
+        " 2> {log}"
+
+
+rule folds:
+    input:
+        "results/data/{dataset}/manifest.parquet",
+    output:
+        "results/data/{dataset}/folds.parquet",
+    params:
+        spec=dataset_spec_json,
+    log:
+        "results/logs/folds/{dataset}.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m workflow_scripts.data.folds --dataset {wildcards.dataset}"
+        " --spec {params.spec:q} --manifest {input} --out {output} 2> {log}"
+
+
+rule audio_cache:
+    input:
+        "results/data/{dataset}/manifest.parquet",
+    output:
+        directory("results/data/{dataset}/audio.zarr"),
+    params:
+        spec=as_json(config["audio"]),
+    log:
+        "results/logs/audio_cache/{dataset}.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m workflow_scripts.data.audio_cache --spec {params.spec:q}"
+        " --manifest {input} --out {output} 2> {log}"

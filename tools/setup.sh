@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything loralens needs on a fresh Debian 12 / Python 3.11 machine (run as root,
+# or with sudo available): espeak-ng for the demo corpus, and a virtual environment in .venv
+# with the exact versions pinned in pyproject.toml (plus the test tools).
+# Safe to run again: it skips what is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+if ! command -v espeak-ng >/dev/null 2>&1; then
+    echo "[setup] installing espeak-ng (Debian package)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        -o DPkg::Lock::Timeout=300 espeak-ng >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+    echo "[setup] loralens needs Python 3.11; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+
+stamp=".venv/.loralens-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "[setup] creating .venv and installing pinned packages (a few minutes the first time)"
+    [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+    # One pip call, so that torch stays at its pin while the rest resolve around it.
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 \
+        | grep -v "^WARNING: Location" || true
+    .venv/bin/python -c "import torch, torchaudio, zarr, snakemake, workflow_scripts" 
+    touch "$stamp"
+fi
+echo "[setup] ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

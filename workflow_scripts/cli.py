@@ -1,0 +1,50 @@
+"""What every ``python -m workflow_scripts...`` entry point shares: logging and settings input.
+
+Snakemake passes a rule's slice of the validated config as JSON (``--spec '{...}'``), so a
+change to one config key reruns only the rules whose slice changed. By hand, a user points at
+a config file instead (``--config config/config.yaml``); the file is validated and filled with
+the schema's defaults exactly as the workflow does, and the entry point takes its slice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from workflow_scripts.errors import InputError
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the mutually exclusive ``--spec`` / ``--config`` pair."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--spec", help="this step's settings as JSON (what the workflow passes)")
+    group.add_argument("--config", help="a loralens config YAML; its settings for this step are used")
+
+
+def resolve_spec(args: argparse.Namespace, select: Callable[[dict], Any]) -> Any:
+    """Return the step's settings: ``--spec`` parsed, or ``select(validated --config)``."""
+    if args.spec is not None:
+        try:
+            return json.loads(args.spec)
+        except json.JSONDecodeError as error:
+            raise InputError(f"--spec is not valid JSON: {error}") from error
+    from workflow_scripts.config import load_config
+
+    return select(load_config(args.config))
+
+
+def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run an entry point: log to stderr, print input errors plainly, exit 2 on them."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        main(argv)
+    except InputError as error:
+        # A user's mistake is not a crash: show the message, not a traceback.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

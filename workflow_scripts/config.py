@@ -1,0 +1,87 @@
+"""Load and validate a loralens config against ``config/schema.yaml``, filling in defaults.
+
+The Snakefile and every entry point use this one function, so a config means the same thing
+whether the workflow runs it or a person runs a step by hand. Validation errors name the key
+path (``datasets.iemocap.folds.val_fraction``) and say what is wrong with its value.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from workflow_scripts.errors import InputError, describe_offenders
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+
+
+def _with_defaults(validator_class):
+    """A validator that also writes each property's ``default`` into the instance."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate ``config`` in place (defaults filled in) and return it; raise :class:`InputError`."""
+    validator = _Validator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise InputError(
+            describe_offenders(
+                f"{source} is invalid ({len(errors)} problems)",
+                (f"{_key_path(e)}: {e.message}" for e in errors),
+                hint="See config/config.yaml for a commented example of every key.",
+            )
+        )
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise InputError(f"config file {path} is not valid YAML: {error}") from error
+    return validate_config(config, source=str(path))
+
+
+def dataset_spec(config: dict, name: str) -> dict:
+    """The settings of dataset ``name``; an unknown name is an input error."""
+    datasets = config.get("datasets") or {}
+    if name not in datasets:
+        raise InputError(f"no dataset {name!r} under 'datasets:' (configured: {', '.join(datasets)})")
+    return datasets[name]
+
+
+def config_hash(section: Any) -> str:
+    """A short stable hash of a config section (for provenance and cache keys)."""
+    blob = json.dumps(section, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

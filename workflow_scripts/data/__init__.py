@@ -1,0 +1,1 @@
+"""Corpus ingestion: layouts, manifest, audio decoding and cache, folds, the demo corpus."""

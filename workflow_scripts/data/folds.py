@@ -1,0 +1,173 @@
+"""Cross-validation folds with a validation split carved out of each fold's training data.
+
+Protocols (``datasets.<name>.folds.protocols``):
+
+``loso_session``     leave one recording session out (IEMOCAP: 5 folds). Speaker-independent
+                     because no speaker records in two sessions.
+``loso_speaker``     leave one true speaker out (IEMOCAP: 10 folds).
+``legacy_dialog10``  the original paper's grouping by file-name prefix (``Ses01F``, ...): both
+                     actors of a session appear in train *and* test. Kept only to reproduce the
+                     original; not speaker-independent.
+``holdout``          one fixed split: a seeded fraction of the speakers is the test set.
+``predefined``       the test folds the corpus ships (EmoBox fold files, ``source_fold``).
+
+In every protocol the validation split takes whole units (speakers; dialog groups under
+``legacy_dialog10``) from the training data, so it is disjoint from test and, by speaker, from
+train. Model selection happens on it, never on test. Genders are interleaved when picking
+validation speakers so that a validation set is not all one voice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import numpy as np
+import pandas as pd
+
+from workflow_scripts.atomic import write_table
+from workflow_scripts.cli import add_spec_arguments, resolve_spec, run_main
+from workflow_scripts.errors import InputError, raise_if_any
+from workflow_scripts.provenance import provenance
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("loso_session", "loso_speaker", "legacy_dialog10", "holdout", "predefined")
+FOLD_COLUMNS = ["protocol", "fold", "utt_id", "split"]
+
+# The manifest column that defines the held-out unit, and the unit carved out for validation.
+_TEST_UNIT = {
+    "loso_session": "session",
+    "loso_speaker": "speaker",
+    "legacy_dialog10": "group",
+    "holdout": "speaker",
+    "predefined": "source_fold",
+}
+_VALIDATION_UNIT = {"legacy_dialog10": "group"}  # every other protocol: "speaker"
+
+
+def _require_column(manifest: pd.DataFrame, column: str, protocol: str, key: str) -> None:
+    if column not in manifest or manifest[column].isna().any():
+        missing = manifest if column not in manifest else manifest[manifest[column].isna()]
+        raise_if_any(
+            f"{key}.protocols: {protocol!r} needs the manifest column {column!r}, "
+            f"which {{n}} utterances lack",
+            missing["utt_id"],
+            hint=f"Choose a protocol this corpus supports (one of {', '.join(PROTOCOLS)}).",
+        )
+
+
+def _pick_units(units: pd.DataFrame, count: int, rng: np.random.Generator) -> list[str]:
+    """Pick ``count`` units at random, alternating between genders when genders are known."""
+    order = units.sample(frac=1.0, random_state=rng).copy()
+    order["rank"] = order.groupby(order["gender"].fillna("?")).cumcount()
+    return order.sort_values(["rank", "gender"], kind="stable")["unit"].head(count).tolist()
+
+
+def _unit_table(manifest: pd.DataFrame, unit: str) -> pd.DataFrame:
+    """One row per unit with its (most common) gender, in sorted unit order."""
+    table = manifest.groupby(unit)["gender"].agg(
+        lambda g: g.mode().iloc[0] if g.notna().any() else pd.NA
+    )
+    return table.rename_axis("unit").reset_index().sort_values("unit", kind="stable")
+
+
+def held_out_units(manifest: pd.DataFrame, protocol: str, spec: dict) -> list[list[str]]:
+    """The held-out unit values of each fold, in fold order (fold numbers start at 1)."""
+    unit = _TEST_UNIT[protocol]
+    values = sorted(manifest[unit].dropna().unique().tolist())
+    if protocol != "holdout":
+        return [[value] for value in values]
+    rng = np.random.default_rng(spec.get("seed", 0))
+    n_test = max(1, round(spec.get("holdout_test_fraction", 0.2) * len(values)))
+    return [_pick_units(_unit_table(manifest, unit), n_test, rng)]
+
+
+def make_folds(manifest: pd.DataFrame, protocol: str, spec: dict, key: str) -> pd.DataFrame:
+    """Assign every utterance of every fold of ``protocol`` to train, val or test."""
+    if protocol not in PROTOCOLS:
+        raise InputError(f"{key}.protocols: unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    test_unit = _TEST_UNIT[protocol]
+    val_unit = _VALIDATION_UNIT.get(protocol, "speaker")
+    _require_column(manifest, test_unit, protocol, key)
+    _require_column(manifest, val_unit, protocol, key)
+    fraction = spec.get("val_fraction", 0.2)
+    seed = spec.get("seed", 0)
+
+    frames = []
+    for fold, held_out in enumerate(held_out_units(manifest, protocol, spec), start=1):
+        is_test = manifest[test_unit].isin(held_out)
+        train_pool = manifest.loc[~is_test]
+        if protocol != "legacy_dialog10":
+            # A speaker who also speaks in the test units stays out of training and validation.
+            train_pool = train_pool.loc[~train_pool["speaker"].isin(manifest.loc[is_test, "speaker"])]
+        units = _unit_table(train_pool, val_unit)
+        if len(units) < 2:
+            raise InputError(
+                f"{key}: fold {fold} of {protocol!r} leaves {len(units)} {val_unit}(s) for training; "
+                "at least 2 are needed to carve out a validation split"
+            )
+        n_val = min(len(units) - 1, max(1, round(fraction * len(units))))
+        val_units = _pick_units(units, n_val, np.random.default_rng([seed, fold]))
+        split = pd.Series("excluded", index=manifest.index)
+        split[train_pool.index] = "train"
+        split[train_pool.index[train_pool[val_unit].isin(val_units)]] = "val"
+        split[is_test] = "test"
+        frames.append(
+            pd.DataFrame({"protocol": protocol, "fold": fold, "utt_id": manifest["utt_id"], "split": split})
+        )
+    folds = pd.concat(frames, ignore_index=True)
+    folds = folds.loc[folds["split"] != "excluded"].reset_index(drop=True)
+    folds["fold"] = folds["fold"].astype("int64")
+    return folds
+
+
+def check_class_coverage(folds: pd.DataFrame, manifest: pd.DataFrame, classes: list[str], key: str) -> None:
+    """Every class must occur in the train, val and test split of every fold."""
+    labelled = folds.merge(manifest[["utt_id", "label"]], on="utt_id")
+    present = labelled.groupby(["protocol", "fold", "split"])["label"].agg(set)
+    gaps = [
+        f"{protocol} fold {fold} {split}: no {label!r}"
+        for (protocol, fold, split), labels in present.items()
+        for label in classes
+        if label not in labels
+    ]
+    raise_if_any(
+        f"{{n}} fold splits lack a class, so a model could not be trained or scored on it",
+        gaps,
+        hint=f"Change {key}.folds (protocols, val_fraction) or drop the rare class in "
+        f"{key}.label_map.",
+    )
+
+
+def build_folds(name: str, manifest: pd.DataFrame, dataset_spec: dict) -> pd.DataFrame:
+    """All configured protocols' folds for one dataset, checked for class coverage."""
+    key = f"datasets.{name}.folds"
+    spec = dataset_spec.get("folds") or {}
+    protocols = spec.get("protocols") or ["loso_speaker"]
+    folds = pd.concat([make_folds(manifest, p, spec, key) for p in protocols], ignore_index=True)
+    check_class_coverage(folds, manifest, list(dataset_spec["classes"]), f"datasets.{name}")
+    summary = folds.groupby(["protocol", "split"]).size().unstack(fill_value=0)
+    log.info("%s folds (utterances summed over folds):\n%s", name, summary.to_string())
+    return folds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m workflow_scripts.data.folds", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dataset", required=True, help="the dataset's name under 'datasets:'")
+    add_spec_arguments(parser)
+    parser.add_argument("--manifest", required=True, help="input manifest.parquet")
+    parser.add_argument("--out", required=True, help="output folds.parquet")
+    args = parser.parse_args(argv)
+    from workflow_scripts.config import dataset_spec
+
+    spec = resolve_spec(args, lambda config: dataset_spec(config, args.dataset))
+    folds = build_folds(args.dataset, pd.read_parquet(args.manifest), spec)
+    write_table(args.out, folds, provenance("folds", spec, dataset=args.dataset))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,161 @@
+"""A Hugging Face dataset on disk with IEMOCAP utterances, such as ``Zahra99/IEMOCAP_Audio``.
+
+Columns: ``audio`` (struct ``{bytes, path}``, ``path`` the original file name such as
+``Ses01F_impro01_M011.wav``) and ``label`` (ClassLabel: an integer whose names are kept in
+the dataset's metadata; a plain string column is taken as the label itself). Accepted on disk:
+
+* ``Dataset.save_to_disk`` folder: ``state.json``, ``dataset_info.json``,
+  ``data-00000-of-00001.arrow`` (Arrow IPC stream files);
+* ``DatasetDict.save_to_disk`` folder: ``dataset_dict.json`` and one such folder per split
+  (``session1/`` ... ``session5/``);
+* Parquet: one file, or a folder searched recursively, e.g. the hub's
+  ``data/session1-00000-of-00001.parquet``.
+
+Label names come from the files' ``huggingface`` schema metadata (``info.features.label.names``),
+then ``dataset_info.json``, then ``options.label_names``. Speaker, session, gender and group
+are parsed from ``audio.path`` exactly as in the ``iemocap`` layout. Audio stays in the files:
+``source`` is ``<file>::<row>``. This module reads with pyarrow only; importing ``datasets``
+would pull in its audio decoder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from workflow_scripts.data.layouts import finish_scan
+from workflow_scripts.data.layouts.iemocap import parse_utterance_name
+from workflow_scripts.errors import InputError, raise_if_any
+
+DESCRIPTION = "Hugging Face dataset (save_to_disk folder or Parquet) with IEMOCAP audio and a ClassLabel"
+
+DEFAULT_LABEL_MAP: dict[str, str | None] = {
+    **dict.fromkeys(["ang", "anger", "angry"], "angry"),
+    **dict.fromkeys(["hap", "happy", "happiness", "exc", "excited"], "happy"),
+    **dict.fromkeys(["neu", "neutral"], "neutral"),
+    **dict.fromkeys(["sad", "sadness"], "sad"),
+}
+
+
+def _names_from_metadata(metadata: dict | None) -> list[str] | None:
+    try:
+        info = json.loads(metadata[b"huggingface"])["info"]
+        return list(info["features"]["label"]["names"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _names_from_info(folder: Path) -> list[str] | None:
+    try:
+        info = json.loads((folder / "dataset_info.json").read_text())
+        return list(info["features"]["label"]["names"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _columns(table: pa.Table, file: Path) -> tuple[list, pa.DataType, list]:
+    """Return (audio paths, label type, labels) as Python lists."""
+    if "audio" not in table.column_names or "label" not in table.column_names:
+        raise InputError(f"{file} has columns {table.column_names}; the hf_dataset layout needs 'audio' and 'label'")
+    if not pa.types.is_struct(table.schema.field("audio").type):
+        raise InputError(f"{file}: column 'audio' is {table.schema.field('audio').type}, not a struct {{bytes, path}}")
+    labels = table.column("label")
+    return pc.struct_field(table.column("audio"), "path").to_pylist(), labels.type, labels.to_pylist()
+
+
+def _read(file: Path) -> tuple[list, pa.DataType, list, dict | None]:
+    """Read one data file's audio paths and labels, never its audio bytes."""
+    try:
+        return _read_unchecked(file)
+    except (pa.ArrowException, OSError) as error:
+        raise InputError(f"cannot read {file} as an Arrow stream or Parquet file: {error}") from error
+
+
+def _read_unchecked(file: Path) -> tuple[list, pa.DataType, list, dict | None]:
+    if file.suffix == ".parquet":
+        schema = pq.read_schema(file)
+        names = [n for n in ("audio", "label") if n in schema.names]
+        table = pq.read_table(file, columns=names)
+        return *_columns(table, file), schema.metadata
+    # save_to_disk writes Arrow IPC *stream* files. Memory-mapped, the audio bytes stay on disk.
+    with pa.memory_map(str(file)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+        return *_columns(table, file), table.schema.metadata
+
+
+def _data_files(root: Path) -> list[tuple[Path, Path]]:
+    """Return (data file, folder holding its dataset_info.json) pairs in the dataset's order."""
+    if root.is_file():
+        return [(root, root.parent)]
+    if (root / "dataset_dict.json").is_file():
+        splits = json.loads((root / "dataset_dict.json").read_text())["splits"]
+        return [pair for split in splits for pair in _data_files(root / split)]
+    if (root / "state.json").is_file():
+        state = json.loads((root / "state.json").read_text())
+        return [(root / f["filename"], root) for f in state["_data_files"]]
+    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("._"))
+    if not files:
+        raise InputError(
+            f"{root} is not a Hugging Face dataset on disk: it has no dataset_dict.json, no "
+            "state.json and no *.parquet files; point the dataset's 'path' in the config at the "
+            "folder written by save_to_disk or at the Parquet files"
+        )
+    return [(f, f.parent) for f in files]
+
+
+def _rows_of(file: Path, info_dir: Path, options: dict) -> list[dict]:
+    paths, label_type, labels, metadata = _read(file)
+    if pa.types.is_integer(label_type):
+        names = _names_from_metadata(metadata) or _names_from_info(info_dir) or options.get("label_names")
+        if not names:
+            raise InputError(
+                f"{file} stores labels as numbers but has no ClassLabel names in its metadata; "
+                "list them in the config under options.label_names, in class-index order"
+            )
+        bad = [f"{file}::{i} (label {v})" for i, v in enumerate(labels) if v is None or not 0 <= v < len(names)]
+        raise_if_any(f"{{n}} row(s) have a label outside 0..{len(names) - 1} (names {names})", bad)
+        raw = [names[v] for v in labels]
+    else:
+        raw = labels
+
+    rows, problems = [], []
+    for index, (path, label) in enumerate(zip(paths, raw)):
+        where = f"{file}::{index}"
+        if not path or label is None:
+            problems.append(f"{where}: {'label' if path else 'audio.path'} is empty")
+            continue
+        utt = PurePosixPath(path.replace("\\", "/")).stem
+        parsed = parse_utterance_name(utt)
+        if parsed is None:
+            problems.append(f"{where}: {path!r} is not an IEMOCAP name like Ses01F_impro01_F000.wav")
+            continue
+        rows.append({"utt_id": utt, "source": where, "raw_label": str(label), **parsed})
+    raise_if_any(
+        "{n} row(s) cannot be used: each needs a label and an IEMOCAP file name in audio.path, "
+        "which is where the speaker is read from",
+        problems,
+        hint="the hf_dataset layout reads the speaker from IEMOCAP file names; for other corpora "
+        "export a CSV manifest and use layout 'generic'",
+    )
+    return rows
+
+
+def scan(root: Path, options: dict) -> pd.DataFrame:
+    """One row per dataset row, across all splits and data files under ``root``."""
+    root = Path(root).expanduser().absolute()
+    options = options or {}
+    if not root.exists():
+        raise InputError(f"{root} does not exist: check the dataset's 'path' in the config")
+    rows = [row for file, info_dir in _data_files(root) for row in _rows_of(file, info_dir, options)]
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        raise_if_any(
+            "{n} utterance name(s) occur in more than one row",
+            sorted(frame.loc[frame["utt_id"].duplicated(), "utt_id"].unique()),
+        )
+    return finish_scan(frame, root, "hf_dataset")

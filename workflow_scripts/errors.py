@@ -1,0 +1,42 @@
+"""One error type for bad user input, and one way to list offenders.
+
+A researcher who points loralens at a corpus should learn *which* files or config keys are
+wrong and *what* is wrong with them, before any downstream job starts. Every check in the
+package raises :class:`InputError` with a message built by :func:`describe_offenders`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+#: How many offenders a message names before it only counts the rest.
+MAX_LISTED = 20
+
+
+class InputError(ValueError):
+    """Bad user input (a config key, a corpus file, a manifest row). The message says what to fix."""
+
+
+def describe_offenders(problem: str, offenders: Iterable[object], hint: str = "") -> str:
+    """Return ``problem`` followed by the first :data:`MAX_LISTED` offenders and a count.
+
+    >>> print(describe_offenders("2 files are missing", ["a.wav", "b.wav"]))
+    2 files are missing:
+      - a.wav
+      - b.wav
+    """
+    items = [str(item) for item in offenders]
+    lines = [f"{problem}:"]
+    lines += [f"  - {item}" for item in items[:MAX_LISTED]]
+    if len(items) > MAX_LISTED:
+        lines.append(f"  ... and {len(items) - MAX_LISTED} more ({len(items)} in all)")
+    if hint:
+        lines.append(hint)
+    return "\n".join(lines)
+
+
+def raise_if_any(problem: str, offenders: Iterable[object], hint: str = "") -> None:
+    """Raise :class:`InputError` listing ``offenders`` if there are any."""
+    items = list(offenders)
+    if items:
+        raise InputError(describe_offenders(problem.format(n=len(items)), items, hint))
