@@ -1,0 +1,118 @@
+"""Fold protocols on a synthetic IEMOCAP-shaped manifest (5 sessions x 2 actors, 4 classes)."""
+
+import pandas as pd
+import pytest
+
+from workflow_scripts.data.folds import build_folds, make_folds
+from workflow_scripts.errors import InputError
+
+CLASSES = ["neutral", "happy", "angry", "sad"]
+
+
+def iemocap_like_manifest(per_class: int = 3) -> pd.DataFrame:
+    rows = []
+    for session in range(1, 6):
+        for dialog_gender in "FM":  # the dialog prefix: which actor wore the markers
+            for speaker_gender in "FM":  # who speaks the utterance
+                for label in CLASSES:
+                    for k in range(per_class):
+                        rows.append({
+                            "utt_id": f"Ses0{session}{dialog_gender}_impro01_{speaker_gender}{label}{k}",
+                            "speaker": f"Ses0{session}{speaker_gender}",
+                            "session": f"Ses0{session}",
+                            "gender": speaker_gender,
+                            "group": f"Ses0{session}{dialog_gender}",
+                            "label": label,
+                        })
+    return pd.DataFrame(rows)
+
+
+SPEC = {"classes": CLASSES, "folds": {"protocols": ["loso_session", "loso_speaker", "legacy_dialog10", "holdout"]}}
+
+
+@pytest.fixture(scope="module")
+def folds():
+    return build_folds("iemocap", iemocap_like_manifest(), SPEC)
+
+
+def test_fold_counts(folds):
+    n_folds = folds.groupby("protocol")["fold"].nunique().to_dict()
+    assert n_folds == {"loso_session": 5, "loso_speaker": 10, "legacy_dialog10": 10, "holdout": 1}
+
+
+@pytest.mark.parametrize("protocol", ["loso_session", "loso_speaker", "legacy_dialog10"])
+def test_each_utterance_is_tested_exactly_once(folds, protocol):
+    manifest = iemocap_like_manifest()
+    tested = folds[(folds.protocol == protocol) & (folds.split == "test")]["utt_id"]
+    assert tested.is_unique
+    assert set(tested) == set(manifest["utt_id"])
+
+
+def test_legacy_fold_one_is_the_first_dialog_prefix(folds):
+    legacy = folds[(folds.protocol == "legacy_dialog10") & (folds.fold == 1) & (folds.split == "test")]
+    assert legacy["utt_id"].str.startswith("Ses01F_").all()
+    # ...which holds both actors of session 1: the original paper's leak.
+    assert {u.split("_")[2][0] for u in legacy["utt_id"]} == {"F", "M"}
+
+
+@pytest.mark.parametrize("protocol", ["loso_session", "loso_speaker", "holdout"])
+def test_no_speaker_in_train_and_test_and_validation_disjoint(folds, protocol):
+    speakers = iemocap_like_manifest().set_index("utt_id")["speaker"]
+    for fold, rows in folds[folds.protocol == protocol].groupby("fold"):
+        by_split = {s: set(speakers[rows.loc[rows.split == s, "utt_id"]]) for s in ("train", "val", "test")}
+        assert by_split["train"] and by_split["val"] and by_split["test"]
+        assert not by_split["train"] & by_split["test"], (protocol, fold)
+        assert not by_split["train"] & by_split["val"], (protocol, fold)
+        assert not by_split["val"] & by_split["test"], (protocol, fold)
+        assert rows["utt_id"].is_unique  # one split per utterance per fold
+
+
+def test_legacy_validation_is_disjoint_from_train_and_test(folds):
+    groups = iemocap_like_manifest().set_index("utt_id")["group"]
+    for _, rows in folds[folds.protocol == "legacy_dialog10"].groupby("fold"):
+        by_split = {s: set(groups[rows.loc[rows.split == s, "utt_id"]]) for s in ("train", "val", "test")}
+        assert not by_split["val"] & (by_split["train"] | by_split["test"])
+        assert rows["utt_id"].is_unique
+
+
+def test_loso_session_validation_takes_a_fifth_of_training_speakers_mixing_genders(folds):
+    session = folds[folds.protocol == "loso_session"]
+    speakers = iemocap_like_manifest().set_index("utt_id")["speaker"]
+    for _, rows in session.groupby("fold"):
+        val_speakers = set(speakers[rows.loc[rows.split == "val", "utt_id"]])
+        assert len(val_speakers) == 2  # round(0.2 * 8)
+        assert {s[-1] for s in val_speakers} == {"F", "M"}
+
+
+def test_folds_are_deterministic_and_seeded():
+    manifest = iemocap_like_manifest()
+    spec = {"protocols": ["loso_session"], "seed": 0}
+    a = make_folds(manifest, "loso_session", spec, "k")
+    b = make_folds(manifest, "loso_session", spec, "k")
+    pd.testing.assert_frame_equal(a, b)
+    others = [make_folds(manifest, "loso_session", {**spec, "seed": s}, "k") for s in range(1, 6)]
+    assert any(not o.equals(a) for o in others)
+
+
+def test_missing_class_in_a_fold_is_named():
+    manifest = iemocap_like_manifest()
+    manifest = manifest[~((manifest.session == "Ses03") & (manifest.label == "sad"))]
+    with pytest.raises(InputError, match=r"loso_session fold 3 test: no 'sad'"):
+        build_folds("iemocap", manifest, {"classes": CLASSES, "folds": {"protocols": ["loso_session"]}})
+
+
+def test_protocol_needing_a_missing_column_is_refused():
+    manifest = iemocap_like_manifest().drop(columns=["group"])
+    with pytest.raises(InputError, match=r"'legacy_dialog10' needs the manifest column 'group'"):
+        build_folds("demo", manifest, {"classes": CLASSES, "folds": {"protocols": ["legacy_dialog10"]}})
+    manifest["session"] = pd.NA
+    with pytest.raises(InputError, match=r"datasets\.demo\.folds\.protocols: 'loso_session' needs"):
+        build_folds("demo", manifest, {"classes": CLASSES, "folds": {"protocols": ["loso_session"]}})
+
+
+def test_predefined_folds_follow_the_source():
+    manifest = iemocap_like_manifest()
+    manifest["source_fold"] = manifest["session"].str[-1].astype(int)
+    folds = make_folds(manifest, "predefined", {}, "k")
+    test1 = folds[(folds.fold == 1) & (folds.split == "test")]["utt_id"]
+    assert set(test1) == set(manifest.loc[manifest.session == "Ses01", "utt_id"])
