@@ -21,7 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 #: 2 speakers x 4 emotions x 2 utterances = 16 clips: enough to check, fast to make.
 SMALL = {"seed": 3, "speakers": 2, "utterances_per_speaker_per_emotion": 2, "sentence_words": [5, 8]}
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -54,8 +53,6 @@ def median_f0(audio: np.ndarray, rate: int) -> float:
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
     out = tmp_path_factory.mktemp("demo") / "corpus"
     return out, dc.generate_demo_corpus(out, SMALL)
 
@@ -63,7 +60,6 @@ def small_corpus(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
 # ------------------------------------------------------------------ layout and manifest
 
 
-@needs_espeak
 def test_manifest_columns_and_counts(small_corpus):
     out, manifest = small_corpus
     on_disk = pd.read_csv(out / "manifest.csv")
@@ -84,7 +80,6 @@ def test_manifest_columns_and_counts(small_corpus):
     assert len(pd.read_csv(out / "synthesis.csv")) == len(manifest)
 
 
-@needs_espeak
 def test_every_wav_decodes_as_espeak_wrote_it(small_corpus):
     out, manifest = small_corpus
     for path in manifest["path"]:
@@ -101,7 +96,6 @@ def test_every_wav_decodes_as_espeak_wrote_it(small_corpus):
 # ------------------------------------------------------------------ determinism
 
 
-@needs_espeak
 def test_same_seed_gives_identical_bytes(small_corpus, tmp_path):
     out, _ = small_corpus
     again = tmp_path / "again"
@@ -111,7 +105,6 @@ def test_same_seed_gives_identical_bytes(small_corpus, tmp_path):
     assert first == second
 
 
-@needs_espeak
 def test_other_seed_gives_other_corpus(small_corpus, tmp_path):
     out, manifest = small_corpus
     other = dc.generate_demo_corpus(tmp_path / "other", {**SMALL, "seed": 4})
@@ -134,7 +127,6 @@ def test_speakers_are_distinct_and_gender_balanced():
 # ------------------------------------------------------------------ prosody really differs
 
 
-@needs_espeak
 def test_prosody_differs_by_emotion_in_the_audio(tmp_path):
     """Same sentences and speakers in each emotion: the audio must move the literature's way."""
     espeak = dc.find_espeak()
@@ -167,7 +159,6 @@ def test_prosody_differs_by_emotion_in_the_audio(tmp_path):
     assert measured["happy"]["f0"] > measured["neutral"]["f0"] > measured["sad"]["f0"]
 
 
-@needs_espeak
 def test_generated_corpus_is_louder_when_angry(small_corpus):
     out, manifest = small_corpus
     loudness = manifest.assign(rms=[rms(sf.read(out / p)[0]) for p in manifest["path"]])
@@ -226,7 +217,6 @@ def test_missing_espeak_says_how_to_install(tmp_path, monkeypatch):
     assert "tools/setup.sh" in str(error.value)
 
 
-@needs_espeak
 def test_failed_synthesis_leaves_no_folder(tmp_path, monkeypatch):
     calls = []
     real = dc.synthesize
@@ -267,7 +257,6 @@ def test_cli_reports_bad_settings_plainly(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@needs_espeak
 def test_cli_writes_a_corpus(tmp_path):
     spec = '{"speakers": 2, "utterances_per_speaker_per_emotion": 1}'
     result = run_cli("--out", str(tmp_path / "out"), "--spec", spec)
