@@ -2,15 +2,11 @@
 
 import json
 import os
+import shlex
 import sys
 
-# Jobs call `python -m workflow_scripts...`: make the package importable and, outside conda
-# environments, run it with the interpreter that runs Snakemake (a conda job activates its
-# own environment, whose python then comes first).
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in [workflow.basedir, os.environ.get("PYTHONPATH", "")] if p
-)
-os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
 sys.path.insert(0, workflow.basedir)
 
 from workflow_scripts.config import validate_config
@@ -19,6 +15,16 @@ from workflow_scripts.config import validate_config
 validate_config(config, source="the workflow config")
 
 DATASETS = sorted(config["datasets"])
+
+# Every job runs `python -m workflow_scripts...`: put the package on PYTHONPATH and, outside
+# conda environments, the interpreter that runs Snakemake (the project's .venv) first on PATH.
+# A conda job activates its own environment instead.
+_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+# (Snakemake formats the prefix too, hence the doubled braces.)
+_prefix = "export PYTHONPATH=" + shlex.quote(workflow.basedir) + "${{PYTHONPATH:+:$PYTHONPATH}}; "
+if not _CONDA:
+    _prefix += f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
+shell.prefix(_prefix)
 
 
 wildcard_constraints:
@@ -30,8 +36,16 @@ def as_json(settings):
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
 
-def dataset_spec_json(wildcards):
-    return as_json(config["datasets"][wildcards.dataset])
+def manifest_spec_json(wildcards):
+    """A dataset's settings for its manifest: everything but the fold protocols."""
+    spec = config["datasets"][wildcards.dataset]
+    return as_json({key: value for key, value in spec.items() if key != "folds"})
+
+
+def folds_spec_json(wildcards):
+    """A dataset's settings for its folds: the classes and the fold protocols."""
+    spec = config["datasets"][wildcards.dataset]
+    return as_json({"classes": spec["classes"], "folds": spec["folds"]})
 
 
 def dataset_source(wildcards):

@@ -22,7 +22,7 @@ rule manifest:
         manifest="results/data/{dataset}/manifest.parquet",
         rejected="results/data/{dataset}/rejected.csv",
     params:
-        spec=dataset_spec_json,
+        spec=manifest_spec_json,
     log:
         "results/logs/manifest/{dataset}.log",
     threads: 2
@@ -40,7 +40,7 @@ rule folds:
     output:
         "results/data/{dataset}/folds.parquet",
     params:
-        spec=dataset_spec_json,
+        spec=folds_spec_json,
     log:
         "results/logs/folds/{dataset}.log",
     conda:

@@ -37,7 +37,11 @@ def wav_bytes(seconds: float = 0.3, sample_rate: int = 16000) -> bytes:
 #: session -> dialog -> [(utterance, label)]; the dialog's EmoEvaluation file lists them.
 IEMOCAP_LABELS = {
     1: {
-        "Ses01F_impro01": [("Ses01F_impro01_F000", "neu"), ("Ses01F_impro01_M011", "ang"), ("Ses01F_impro01_F001", "fru")],
+        "Ses01F_impro01": [
+            ("Ses01F_impro01_F000", "neu"),
+            ("Ses01F_impro01_M011", "ang"),
+            ("Ses01F_impro01_F001", "fru"),
+        ],
         "Ses01M_script02_2": [("Ses01M_script02_2_F013", "exc"), ("Ses01M_script02_2_M000", "sad")],
     },
     3: {
@@ -92,7 +96,11 @@ def make_iemocap(root: Path) -> Path:
 HF_LABEL_NAMES = ["ang", "hap", "neu", "sad"]
 #: split -> [(audio.path, label index)]
 HF_SPLITS = {
-    "session1": [("Ses01F_impro01_M011.wav", 0), ("Ses01M_script02_2_F013.wav", 1), ("Ses01F_impro01_F000.wav", 2)],
+    "session1": [
+        ("Ses01F_impro01_M011.wav", 0),
+        ("Ses01M_script02_2_F013.wav", 1),
+        ("Ses01F_impro01_F000.wav", 2),
+    ],
     "session2": [("Ses02M_impro03_F005.wav", 3), ("Ses02F_script01_1_M002.wav", 2)],
 }
 
@@ -160,7 +168,11 @@ def make_ravdess(root: Path) -> Path:
 
 CREMA_D_FILES = ["1001_DFA_ANG_XX", "1001_IEO_HAP_LO", "1002_TIE_NEU_XX", "1002_MTI_FEA_HI", "1091_IWW_SAD_X"]
 #: actor 1091 is left out on purpose: its gender stays unknown
-CREMA_D_DEMOGRAPHICS = "ActorID,Age,Sex,Race,Ethnicity\n1001,51,Male,Caucasian,Not Hispanic\n1002,21,Female,Caucasian,Not Hispanic\n"
+CREMA_D_DEMOGRAPHICS = (
+    "ActorID,Age,Sex,Race,Ethnicity\n"
+    "1001,51,Male,Caucasian,Not Hispanic\n"
+    "1002,21,Female,Caucasian,Not Hispanic\n"
+)
 
 
 def make_crema_d(root: Path, *, demographics: bool = True, flat: bool = False) -> Path:
@@ -216,7 +228,9 @@ def make_emobox(metadata_dir: Path, audio_root: Path) -> Path:
         train = [r for r in records if r not in test]
         _write_jsonl(metadata_dir / f"fold_{fold}" / f"iemocap_test_fold_{fold}.jsonl", test)
         _write_jsonl(metadata_dir / f"fold_{fold}" / f"iemocap_train_fold_{fold}.jsonl", train)
-    (metadata_dir / "label_map.json").write_text('{"neu": "Neutral", "hap": "Happy", "ang": "Angry", "sad": "Sad"}')
+    (metadata_dir / "label_map.json").write_text(
+        '{"neu": "Neutral", "hap": "Happy", "ang": "Angry", "sad": "Sad"}'
+    )
     return metadata_dir
 
 

@@ -8,7 +8,10 @@ from workflow_scripts.errors import InputError
 
 
 def _facts(frame):
-    return {u: (s, g, r) for u, s, g, r in zip(frame["utt_id"], frame["speaker"], frame["gender"], frame["raw_label"])}
+    return {
+        u: (s, g, r)
+        for u, s, g, r in zip(frame["utt_id"], frame["speaker"], frame["gender"], frame["raw_label"])
+    }
 
 
 def test_audiowav_folder_with_demographics(tmp_path):
@@ -63,4 +66,11 @@ def test_missing_root_names_the_config_key(tmp_path):
 
 
 def test_default_label_map():
-    assert DEFAULT_LABEL_MAP == {"NEU": "neutral", "HAP": "happy", "ANG": "angry", "SAD": "sad", "DIS": None, "FEA": None}
+    assert DEFAULT_LABEL_MAP == {
+        "NEU": "neutral",
+        "HAP": "happy",
+        "ANG": "angry",
+        "SAD": "sad",
+        "DIS": None,
+        "FEA": None,
+    }

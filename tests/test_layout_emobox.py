@@ -27,7 +27,12 @@ def test_emobox_iemocap_with_folds(corpus):
     assert list(frame.columns) == SCAN_COLUMNS + ["group", "source_fold"]
     got = {
         u: (s, se, g, r, gr, f)
-        for u, s, se, g, r, gr, f in zip(*(frame[c] for c in ["utt_id", "speaker", "session", "gender", "raw_label", "group", "source_fold"]))
+        for u, s, se, g, r, gr, f in zip(
+            *(
+                frame[c]
+                for c in ["utt_id", "speaker", "session", "gender", "raw_label", "group", "source_fold"]
+            )
+        )
     }
     assert got == {
         "iemocap-Ses01F_impro04_F000": ("Ses01F", "Ses01", "F", "neu", "Ses01F", 1),
@@ -38,17 +43,22 @@ def test_emobox_iemocap_with_folds(corpus):
     }
     assert frame["source_fold"].dtype == "Int64"
     source = dict(zip(frame["utt_id"], frame["source"]))["iemocap-Ses02M_impro02_M010"]
-    assert source == str(checkout / "downloads/iemocap/Session2/sentences/wav/Ses02M_impro02/Ses02M_impro02_M010.wav")
+    assert source == str(
+        checkout / "downloads/iemocap/Session2/sentences/wav/Ses02M_impro02/Ses02M_impro02_M010.wav"
+    )
 
 
 def test_relative_audio_root_and_metadata_file_as_path(corpus):
     meta, checkout = corpus
-    by_folder = scan(meta, {"audio_root": "../.."})
+    by_folder = scan(meta, {"audio_root": "../.."})  # relative to the metadata folder
     by_file = scan(meta / "iemocap.jsonl", {"audio_root": "../.."})
     pd.testing.assert_frame_equal(by_folder, by_file)
-    assert by_folder["source"][0].startswith(str(meta))  # relative audio_root is joined to the root
+    wav = "downloads/iemocap/Session1/sentences/wav/Ses01F_impro04/Ses01F_impro04_F000.wav"
+    assert by_folder["source"][0] == str(checkout / wav)
     # without audio_root, wav paths are relative to the metadata folder
-    assert scan(meta, {})["source"][0] == str(meta / "downloads/iemocap/Session1/sentences/wav/Ses01F_impro04/Ses01F_impro04_F000.wav")
+    assert scan(meta, {})["source"][0] == str(
+        meta / "downloads/iemocap/Session1/sentences/wav/Ses01F_impro04/Ses01F_impro04_F000.wav"
+    )
 
 
 def test_utterance_in_no_test_fold_has_no_fold(corpus):
@@ -77,8 +87,20 @@ def test_fold_key_missing_from_metadata_is_refused(corpus):
 
 def test_speaker_field_for_other_corpora_and_its_absence(tmp_path):
     records = [
-        {"key": "cremad-1001_DFA_ANG_XX", "wav": "/data/cremad/1001_DFA_ANG_XX.wav", "emo": "ang", "spk": 1001, "gender": "male"},
-        {"key": "cremad-1002_DFA_NEU_XX", "wav": "/data/cremad/1002_DFA_NEU_XX.wav", "emo": "neu", "speaker": "1002", "session": "s1"},
+        {
+            "key": "cremad-1001_DFA_ANG_XX",
+            "wav": "/data/cremad/1001_DFA_ANG_XX.wav",
+            "emo": "ang",
+            "spk": 1001,
+            "gender": "male",
+        },
+        {
+            "key": "cremad-1002_DFA_NEU_XX",
+            "wav": "/data/cremad/1002_DFA_NEU_XX.wav",
+            "emo": "neu",
+            "speaker": "1002",
+            "session": "s1",
+        },
     ]
     _write(tmp_path / "cremad.jsonl", records)
     frame = scan(tmp_path, {})
@@ -114,7 +136,9 @@ def test_metadata_choice(tmp_path):
         scan(tmp_path, {})
     for name in ["a", "b"]:
         _write(tmp_path / f"{name}.jsonl", [{"key": f"{name}1", "wav": "x.wav", "emo": "neu", "spk": "s"}])
-    with pytest.raises(InputError, match=r"2 \*\.jsonl files .* could be the metadata(.|\n)*options\.metadata"):
+    with pytest.raises(
+        InputError, match=r"2 \*\.jsonl files .* could be the metadata(.|\n)*options\.metadata"
+    ):
         scan(tmp_path, {})
     assert scan(tmp_path, {"metadata": "b.jsonl"})["utt_id"].tolist() == ["b1"]
     with pytest.raises(InputError, match=r"options\.metadata names .*c\.jsonl"):
@@ -122,12 +146,17 @@ def test_metadata_choice(tmp_path):
 
 
 def test_broken_lines_are_refused(tmp_path):
-    (tmp_path / "x.jsonl").write_text('{"key": "k1", "wav": "a.wav", "emo": "neu", "spk": "s"}\n\n{"key": "k2", "wav": \n[1]\n')
+    (tmp_path / "x.jsonl").write_text(
+        '{"key": "k1", "wav": "a.wav", "emo": "neu", "spk": "s"}\n\n{"key": "k2", "wav": \n[1]\n'
+    )
     with pytest.raises(InputError) as error:
         scan(tmp_path, {})
     assert str(error.value).startswith("2 line(s) are not valid JSON objects")
     assert f"{tmp_path / 'x.jsonl'}:4: not a JSON object" in str(error.value)
-    _write(tmp_path / "x.jsonl", [{"key": "k1", "wav": "a.wav", "spk": "s"}, {"key": "k1", "wav": "b.wav", "emo": "sad", "spk": "s"}])
+    _write(
+        tmp_path / "x.jsonl",
+        [{"key": "k1", "wav": "a.wav", "spk": "s"}, {"key": "k1", "wav": "b.wav", "emo": "sad", "spk": "s"}],
+    )
     with pytest.raises(InputError, match=r"x\.jsonl:1: no 'emo'"):
         scan(tmp_path, {})
 
@@ -144,5 +173,9 @@ def test_duplicate_keys_and_segments_are_refused(tmp_path):
 
 def test_default_label_map_covers_emobox_iemocap_codes():
     assert {k: DEFAULT_LABEL_MAP[k] for k in ["neu", "hap", "ang", "sad", "exc"]} == {
-        "neu": "neutral", "hap": "happy", "ang": "angry", "sad": "sad", "exc": "happy"
+        "neu": "neutral",
+        "hap": "happy",
+        "ang": "angry",
+        "sad": "sad",
+        "exc": "happy",
     }

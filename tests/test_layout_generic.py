@@ -53,12 +53,16 @@ def test_missing_columns_are_named(tmp_path):
 def test_empty_cells_and_duplicate_ids_are_refused_with_line_numbers(tmp_path):
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,label,speaker\na/x.wav,angry,s1\nb/y.wav,,s1\n")
-    with pytest.raises(InputError, match=rf"1 row\(s\) of manifest.csv have an empty 'label':\n  - {manifest}:3"):
+    with pytest.raises(
+        InputError, match=rf"1 row\(s\) of manifest.csv have an empty 'label':\n  - {manifest}:3"
+    ):
         scan(tmp_path, {})
     manifest.write_text("path,label,speaker\na/x.wav,angry,s1\nb/y.wav,sad,s1\nb/x.wav,sad,s2\n")
     with pytest.raises(InputError) as error:
         scan(tmp_path, {})
-    assert str(error.value).startswith(f"2 row(s) share an utt_id with another row:\n  - {manifest}:2: x\n  - {manifest}:4: x")
+    assert str(error.value).startswith(
+        f"2 row(s) share an utt_id with another row:\n  - {manifest}:2: x\n  - {manifest}:4: x"
+    )
     assert "add a unique 'utt_id' column" in str(error.value)
 
 
@@ -78,4 +82,11 @@ def test_folder_without_manifest_or_with_two(tmp_path):
     make_generic(tmp_path)
     make_generic(tmp_path, sep="\t", name="manifest.tsv")
     with pytest.raises(InputError, match="both manifest.csv and manifest.tsv"):
+        scan(tmp_path, {})
+
+
+def test_spreadsheet_byte_order_mark_and_short_rows(tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes("path,label,speaker\na.wav,angry,s1\nb.wav,sad\n".encode("utf-8-sig"))
+    with pytest.raises(InputError, match=rf"have an empty 'speaker':\n  - {manifest}:3"):
         scan(tmp_path, {})

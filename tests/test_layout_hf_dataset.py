@@ -26,7 +26,9 @@ EXPECTED = {
 
 def _facts(frame):
     frame = frame.set_index("utt_id")
-    return {u: tuple(frame.loc[u, ["speaker", "session", "gender", "raw_label", "group"]]) for u in frame.index}
+    return {
+        u: tuple(frame.loc[u, ["speaker", "session", "gender", "raw_label", "group"]]) for u in frame.index
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,9 @@ def test_dataset_dict_folder(stores):
 
 def test_single_dataset_folder(stores):
     frame = scan(stores["dataset"], {})
-    assert _facts(frame) == {u: EXPECTED[u] for u in ["Ses01F_impro01_M011", "Ses01M_script02_2_F013", "Ses01F_impro01_F000"]}
+    assert _facts(frame) == {
+        u: EXPECTED[u] for u in ["Ses01F_impro01_M011", "Ses01M_script02_2_F013", "Ses01F_impro01_F000"]
+    }
 
 
 def test_parquet_folder_and_single_file(stores):
@@ -80,7 +84,9 @@ def _strip_metadata(src: Path, dst: Path) -> Path:
 
 
 def test_parquet_without_label_names_needs_the_option(stores, tmp_path):
-    bare = _strip_metadata(stores["parquet"] / "data" / "session1-00000-of-00001.parquet", tmp_path / "bare.parquet")
+    bare = _strip_metadata(
+        stores["parquet"] / "data" / "session1-00000-of-00001.parquet", tmp_path / "bare.parquet"
+    )
     with pytest.raises(InputError, match=r"bare\.parquet stores labels as numbers.*options\.label_names"):
         scan(bare, {})
     frame = scan(bare, {"label_names": ["anger", "happiness", "neutral", "sadness"]})
@@ -99,7 +105,9 @@ def test_label_index_out_of_range_is_refused(tmp_path):
 
 
 def test_foreign_file_names_and_missing_paths_are_refused(tmp_path):
-    hf_dataset([("Ses01F_impro01_F000.wav", 0), ("speaker7_take3.wav", 1), (None, 2)]).save_to_disk(str(tmp_path / "d"))
+    hf_dataset([("Ses01F_impro01_F000.wav", 0), ("speaker7_take3.wav", 1), (None, 2)]).save_to_disk(
+        str(tmp_path / "d")
+    )
     with pytest.raises(InputError) as error:
         scan(tmp_path / "d", {})
     message = str(error.value)
@@ -110,9 +118,13 @@ def test_foreign_file_names_and_missing_paths_are_refused(tmp_path):
 
 
 def test_string_label_column_is_used_as_is(tmp_path):
-    table = pa.table({"audio": [{"bytes": b"", "path": "/x/Ses04M_impro02_M003.wav"}], "label": ["frustrated"]})
+    table = pa.table(
+        {"audio": [{"bytes": b"", "path": "/x/Ses04M_impro02_M003.wav"}], "label": ["frustrated"]}
+    )
     pq.write_table(table, tmp_path / "s.parquet")
-    assert _facts(scan(tmp_path, {})) == {"Ses04M_impro02_M003": ("Ses04M", "Ses04", "M", "frustrated", "Ses04M")}
+    assert _facts(scan(tmp_path, {})) == {
+        "Ses04M_impro02_M003": ("Ses04M", "Ses04", "M", "frustrated", "Ses04M")
+    }
 
 
 def test_folder_without_a_dataset_is_refused(tmp_path):
@@ -122,15 +134,22 @@ def test_folder_without_a_dataset_is_refused(tmp_path):
 
 
 def test_duplicate_utterances_across_splits_are_refused(tmp_path):
-    make_hf_dataset_dict(tmp_path / "d", splits={"a": [("Ses01F_impro01_F000.wav", 0)], "b": [("Ses01F_impro01_F000.wav", 1)]})
+    make_hf_dataset_dict(
+        tmp_path / "d", splits={"a": [("Ses01F_impro01_F000.wav", 0)], "b": [("Ses01F_impro01_F000.wav", 1)]}
+    )
     with pytest.raises(InputError, match="Ses01F_impro01_F000"):
         scan(tmp_path / "d", {})
 
 
 def test_default_label_map_spellings():
     assert {k: DEFAULT_LABEL_MAP[k] for k in ["ang", "anger", "hap", "exc", "excited", "neu", "sadness"]} == {
-        "ang": "angry", "anger": "angry", "hap": "happy", "exc": "happy",
-        "excited": "happy", "neu": "neutral", "sadness": "sad",
+        "ang": "angry",
+        "anger": "angry",
+        "hap": "happy",
+        "exc": "happy",
+        "excited": "happy",
+        "neu": "neutral",
+        "sadness": "sad",
     }
 
 

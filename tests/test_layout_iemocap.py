@@ -76,7 +76,12 @@ def test_default_label_map_keeps_the_four_class_protocol():
     kept = {raw: name for raw, name in DEFAULT_LABEL_MAP.items() if name is not None}
     assert kept == {"neu": "neutral", "hap": "happy", "exc": "happy", "ang": "angry", "sad": "sad"}
     assert {raw for raw, name in DEFAULT_LABEL_MAP.items() if name is None} == {
-        "fru", "sur", "fea", "dis", "oth", "xxx"
+        "fru",
+        "sur",
+        "fea",
+        "dis",
+        "oth",
+        "xxx",
     }
 
 

@@ -12,7 +12,10 @@ def corpus(tmp_path_factory):
 
 
 def _facts(frame):
-    return {u: (s, g, r) for u, s, g, r in zip(frame["utt_id"], frame["speaker"], frame["gender"], frame["raw_label"])}
+    return {
+        u: (s, g, r)
+        for u, s, g, r in zip(frame["utt_id"], frame["speaker"], frame["gender"], frame["raw_label"])
+    }
 
 
 def test_default_keeps_audio_only_speech(corpus):
@@ -67,6 +70,14 @@ def test_same_file_twice_is_refused(tmp_path):
 
 def test_default_label_map_is_the_shared_four_classes():
     assert {k: v for k, v in DEFAULT_LABEL_MAP.items() if v} == {
-        "neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"
+        "neutral": "neutral",
+        "happy": "happy",
+        "sad": "sad",
+        "angry": "angry",
     }
-    assert {k for k, v in DEFAULT_LABEL_MAP.items() if v is None} == {"calm", "fearful", "disgust", "surprised"}
+    assert {k for k, v in DEFAULT_LABEL_MAP.items() if v is None} == {
+        "calm",
+        "fearful",
+        "disgust",
+        "surprised",
+    }

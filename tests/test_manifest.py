@@ -48,7 +48,7 @@ def test_duplicate_ids_are_listed(generic_corpus):
     table = pd.read_csv(generic_corpus / "manifest.csv")
     table.loc[1, "utt_id"] = table.loc[0, "utt_id"]
     table.to_csv(generic_corpus / "manifest.csv", index=False)
-    with pytest.raises(InputError, match=r"2 rows of .* share an utterance id.*\n  - s1_neutral_0: "):
+    with pytest.raises(InputError, match=r"2 row\(s\) share an utt_id.*\n  - .*manifest.csv:2: s1_neutral_0\n"):
         build_manifest("toy", dataset_spec(generic_corpus))
 
 

@@ -29,7 +29,8 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool
     if config is not None:
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args],
+        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+         "--replace-workflow-config", "--cores", "2", *args],
         capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
     if check and result.returncode != 0:
@@ -48,8 +49,8 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("workflow")
 
 
-def test_lint_is_clean(tmp_path):
-    result = subprocess.run([*SNAKEMAKE, "--lint", "--directory", str(tmp_path)], capture_output=True, text=True)
+def test_lint_is_clean():
+    result = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Lints for" not in result.stdout + result.stderr
 
@@ -84,6 +85,20 @@ def test_full_data_stage_then_incremental_rerun(workdir):
     rerun = snakemake(workdir, config=changed)
     assert jobs_run(rerun) == {"folds", "all"}
     assert pd.read_parquet(data / "folds.parquet")["protocol"].unique().tolist() == ["loso_speaker"]
+
+
+def test_user_config_replaces_the_default_datasets(tmp_path):
+    """--replace-workflow-config: a user's config names exactly the corpora it runs."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "manifest.csv").write_text("path,label,speaker\n")
+    config = {"datasets": {"mine": {"layout": "generic", "path": str(corpus), "classes": ["a", "b"]}}}
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
+    result = snakemake(tmp_path, "-n", config=config)
+    text = result.stdout + result.stderr
+    assert "results/data/mine/manifest.parquet" in text
+    assert "results/data/demo" not in text and "demo_corpus" not in text
 
 
 def test_invalid_config_stops_before_any_job(tmp_path):

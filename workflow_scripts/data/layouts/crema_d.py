@@ -44,7 +44,11 @@ def _genders(root: Path) -> dict[str, str]:
     sex = table["Sex"].str.strip().str.lower()
     raise_if_any(
         "{n} row(s) of VideoDemographics.csv have a Sex other than Male or Female",
-        [f"{csv}: ActorID {a}: {s!r}" for a, s in zip(table["ActorID"], table["Sex"]) if s.strip().lower() not in _SEX],
+        [
+            f"{csv}: ActorID {a}: {s!r}"
+            for a, s in zip(table["ActorID"], table["Sex"])
+            if s.strip().lower() not in _SEX
+        ],
     )
     return dict(zip(table["ActorID"].str.strip(), sex.map(_SEX)))
 

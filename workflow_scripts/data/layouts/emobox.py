@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path, PurePosixPath
 
@@ -120,7 +121,8 @@ def _row(record: dict, base: Path) -> dict:
     gender = record.get("gender")
     return {
         "utt_id": key,
-        "source": str(base / Path(wav).expanduser()),  # an absolute wav path replaces base
+        # an absolute wav path replaces base; normpath folds "../" without resolving symlinks
+        "source": os.path.normpath(base / Path(wav).expanduser()),
         "speaker": parsed.get("speaker", None if speaker is None else str(speaker)),
         "session": record.get("session", parsed.get("session")),
         "gender": _GENDER.get(str(gender).strip().lower(), "?") if gender else parsed.get("gender"),
@@ -157,10 +159,16 @@ def scan(root: Path, options: dict) -> pd.DataFrame:
     raise_if_any(
         "{n} metadata line(s) have no speaker",
         where[frame["speaker"].isna()],
-        hint=f"add a 'spk' field to each line of {metadata}, or write a CSV manifest and use layout 'generic'",
+        hint=f"add a 'spk' field to each line of {metadata}, "
+        "or write a CSV manifest and use layout 'generic'",
     )
-    raise_if_any("{n} metadata line(s) have a gender other than F/M/female/male", where[frame["gender"] == "?"])
-    raise_if_any("{n} key(s) occur on more than one metadata line", sorted(set(frame["utt_id"][frame["utt_id"].duplicated()])))
+    raise_if_any(
+        "{n} metadata line(s) have a gender other than F/M/female/male", where[frame["gender"] == "?"]
+    )
+    raise_if_any(
+        "{n} key(s) occur on more than one metadata line",
+        sorted(set(frame["utt_id"][frame["utt_id"].duplicated()])),
+    )
     overridden = frame["listed_speaker"].notna() & (frame["listed_speaker"].astype(str) != frame["speaker"])
     if overridden.any():
         log.warning(

@@ -37,7 +37,9 @@ def _manifest_file(root: Path) -> Path:
     if len(found) == 1:
         return found[0]
     if found:
-        raise InputError(f"{root} holds both manifest.csv and manifest.tsv: remove one, or set 'path' to the file")
+        raise InputError(
+            f"{root} holds both manifest.csv and manifest.tsv: remove one, or set 'path' to the file"
+        )
     raise InputError(
         f"{root} has no manifest.csv or manifest.tsv: point the dataset's 'path' in the config at "
         "the manifest file, or at the folder holding it"
@@ -47,7 +49,9 @@ def _manifest_file(root: Path) -> Path:
 def scan(root: Path, options: dict) -> pd.DataFrame:
     """One row per manifest row."""
     manifest = _manifest_file(Path(root).expanduser().absolute())
-    table = pd.read_csv(manifest, sep="\t" if manifest.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
+    sep = "\t" if manifest.suffix.lower() == ".tsv" else ","
+    # utf-8-sig: spreadsheet programs start their CSV exports with a byte-order mark
+    table = pd.read_csv(manifest, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     table.columns = [c.strip() for c in table.columns]
     missing = [c for c in REQUIRED if c not in table]
     if missing:
@@ -55,10 +59,13 @@ def scan(root: Path, options: dict) -> pd.DataFrame:
             f"{manifest} lacks the required column(s) {missing}; it has {list(table.columns)}. "
             f"The generic layout needs {REQUIRED}"
         )
-    table = table.apply(lambda column: column.str.strip())
+    table = table.fillna("").apply(lambda column: column.str.strip())  # short rows read as NaN
     line = table.index + 2  # 1-based, after the header line: what an editor shows
     for column in REQUIRED:
-        raise_if_any(f"{{n}} row(s) of {manifest.name} have an empty '{column}'", [f"{manifest}:{n}" for n in line[table[column] == ""]])
+        raise_if_any(
+            f"{{n}} row(s) of {manifest.name} have an empty '{column}'",
+            [f"{manifest}:{n}" for n in line[table[column] == ""]],
+        )
 
     base = manifest.parent
     frame = pd.DataFrame(
@@ -71,22 +78,30 @@ def scan(root: Path, options: dict) -> pd.DataFrame:
         }
     )
     frame["utt_id"] = table["utt_id"] if "utt_id" in table else [Path(p).stem for p in table["path"]]
-    raise_if_any(f"{{n}} row(s) of {manifest.name} have an empty 'utt_id'", [f"{manifest}:{n}" for n in line[frame["utt_id"] == ""]])
+    raise_if_any(
+        f"{{n}} row(s) of {manifest.name} have an empty 'utt_id'",
+        [f"{manifest}:{n}" for n in line[frame["utt_id"] == ""]],
+    )
     duplicated = frame["utt_id"].duplicated(keep=False)
     raise_if_any(
         "{n} row(s) share an utt_id with another row",
         [f"{manifest}:{n}: {u}" for n, u in zip(line[duplicated], frame["utt_id"][duplicated])],
-        hint="add a unique 'utt_id' column to the manifest (by default it is the file name without extension)",
+        hint="add a unique 'utt_id' column to the manifest (the default is the file name without extension)",
     )
     if "gender" in table:
         frame["gender"] = table["gender"].str.lower().map(_GENDER)
         bad = table["gender"].ne("") & frame["gender"].isna()
-        raise_if_any("{n} row(s) have a gender other than F/M/female/male or empty", [f"{manifest}:{n}" for n in line[bad]])
+        raise_if_any(
+            "{n} row(s) have a gender other than F/M/female/male or empty",
+            [f"{manifest}:{n}" for n in line[bad]],
+        )
     if "group" in table:
         frame["group"] = table["group"].replace("", pd.NA)
     if "source_fold" in table:
         folds = pd.to_numeric(table["source_fold"].replace("", pd.NA), errors="coerce")
         bad = table["source_fold"].ne("") & (folds.isna() | (folds % 1 != 0))
-        raise_if_any("{n} row(s) have a source_fold that is not a whole number", [f"{manifest}:{n}" for n in line[bad]])
+        raise_if_any(
+            "{n} row(s) have a source_fold that is not a whole number", [f"{manifest}:{n}" for n in line[bad]]
+        )
         frame["source_fold"] = folds
     return finish_scan(frame, manifest, "generic")

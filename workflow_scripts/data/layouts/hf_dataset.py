@@ -58,18 +58,18 @@ def _names_from_info(folder: Path) -> list[str] | None:
         return None
 
 
-def _columns(table: pa.Table, file: Path) -> tuple[list, pa.DataType, list]:
-    """Return (audio paths, label type, labels) as Python lists."""
-    if "audio" not in table.column_names or "label" not in table.column_names:
-        raise InputError(f"{file} has columns {table.column_names}; the hf_dataset layout needs 'audio' and 'label'")
-    if not pa.types.is_struct(table.schema.field("audio").type):
-        raise InputError(f"{file}: column 'audio' is {table.schema.field('audio').type}, not a struct {{bytes, path}}")
-    labels = table.column("label")
-    return pc.struct_field(table.column("audio"), "path").to_pylist(), labels.type, labels.to_pylist()
+def _check_schema(schema: pa.Schema, file: Path) -> None:
+    if "audio" not in schema.names or "label" not in schema.names:
+        raise InputError(
+            f"{file} has columns {schema.names}; the hf_dataset layout needs 'audio' and 'label'"
+        )
+    audio = schema.field("audio").type
+    if not pa.types.is_struct(audio) or audio.get_field_index("path") < 0:
+        raise InputError(f"{file}: column 'audio' is {audio}, not a struct {{bytes, path}}")
 
 
 def _read(file: Path) -> tuple[list, pa.DataType, list, dict | None]:
-    """Read one data file's audio paths and labels, never its audio bytes."""
+    """Return (audio paths, label type, labels, schema metadata) of one data file."""
     try:
         return _read_unchecked(file)
     except (pa.ArrowException, OSError) as error:
@@ -77,15 +77,20 @@ def _read(file: Path) -> tuple[list, pa.DataType, list, dict | None]:
 
 
 def _read_unchecked(file: Path) -> tuple[list, pa.DataType, list, dict | None]:
+    # Neither branch copies the audio bytes: Parquet reads the nested path field alone, and the
+    # Arrow IPC *stream* files that save_to_disk writes are memory-mapped.
     if file.suffix == ".parquet":
         schema = pq.read_schema(file)
-        names = [n for n in ("audio", "label") if n in schema.names]
-        table = pq.read_table(file, columns=names)
-        return *_columns(table, file), schema.metadata
-    # save_to_disk writes Arrow IPC *stream* files. Memory-mapped, the audio bytes stay on disk.
-    with pa.memory_map(str(file)) as source:
-        table = pa.ipc.open_stream(source).read_all()
-        return *_columns(table, file), table.schema.metadata
+        _check_schema(schema, file)
+        table = pq.read_table(file, columns=["audio.path", "label"])
+        paths, labels = table.column(0), table.column(1)
+    else:
+        with pa.memory_map(str(file)) as source:
+            table = pa.ipc.open_stream(source).read_all()
+        schema = table.schema
+        _check_schema(schema, file)
+        paths, labels = pc.struct_field(table.column("audio"), "path"), table.column("label")
+    return paths.to_pylist(), labels.type, labels.to_pylist(), schema.metadata
 
 
 def _data_files(root: Path) -> list[tuple[Path, Path]]:
@@ -117,7 +122,9 @@ def _rows_of(file: Path, info_dir: Path, options: dict) -> list[dict]:
                 f"{file} stores labels as numbers but has no ClassLabel names in its metadata; "
                 "list them in the config under options.label_names, in class-index order"
             )
-        bad = [f"{file}::{i} (label {v})" for i, v in enumerate(labels) if v is None or not 0 <= v < len(names)]
+        bad = [
+            f"{file}::{i} (label {v})" for i, v in enumerate(labels) if v is None or not 0 <= v < len(names)
+        ]
         raise_if_any(f"{{n}} row(s) have a label outside 0..{len(names) - 1} (names {names})", bad)
         raw = [names[v] for v in labels]
     else:

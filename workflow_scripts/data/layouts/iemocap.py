@@ -91,7 +91,9 @@ def _session_dirs(root: Path, options: dict) -> list[Path]:
     try:
         wanted = [int(n) for n in wanted]
     except (TypeError, ValueError):
-        raise InputError(f"options.sessions must be a list of session numbers such as [1, 2], got {wanted!r}")
+        raise InputError(
+            f"options.sessions must be a list of session numbers such as [1, 2], got {wanted!r}"
+        ) from None
     raise_if_any(
         f"options.sessions names {{n}} session(s) that are not under {root}",
         [f"Session{n}" for n in wanted if n not in found],

@@ -53,7 +53,9 @@ def _int_list(options: dict, key: str, default: list[int]) -> set[int]:
     try:
         return {int(v) for v in ([value] if isinstance(value, (int, str)) else value)}
     except (TypeError, ValueError):
-        raise InputError(f"options.{key} must be a list of numbers such as {default}, got {value!r}")
+        raise InputError(
+            f"options.{key} must be a list of numbers such as {default}, got {value!r}"
+        ) from None
 
 
 def scan(root: Path, options: dict) -> pd.DataFrame:
