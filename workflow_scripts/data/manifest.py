@@ -85,7 +85,11 @@ def build_manifest(name: str, spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     root = Path(spec["path"])
     if not root.exists():
         raise InputError(f"{key}.path: {root} does not exist")
-    scan = layout.scan(root, spec.get("options") or {})
+    try:
+        scan = layout.scan(root, spec.get("options") or {})
+    except InputError as error:
+        # Layouts name their own keys ('options.sessions'); say which dataset they belong to.
+        raise InputError(f"{key} (layout {spec['layout']!r}, path {root}): {error}") from error
 
     duplicated = scan.loc[scan["utt_id"].duplicated(keep=False)].sort_values("utt_id")
     raise_if_any(

@@ -39,6 +39,8 @@ DEFAULT_LABEL_MAP: dict[str, str | None] = {
     **dict.fromkeys(["hap", "happy", "happiness", "exc", "excited"], "happy"),
     **dict.fromkeys(["neu", "neutral"], "neutral"),
     **dict.fromkeys(["sad", "sadness"], "sad"),
+    # The rest of IEMOCAP's codes, dropped as in the standard 4-class protocol.
+    **dict.fromkeys(["fru", "sur", "fea", "dis", "oth", "xxx"], None),
 }
 
 
