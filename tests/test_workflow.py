@@ -106,3 +106,18 @@ def test_invalid_config_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "audio.sample_rate: 'fast' is not of type 'integer'" in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_bad_clip_message_reaches_the_console_and_no_manifest_is_left(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "wav").mkdir(parents=True)
+    (corpus / "wav" / "broken.wav").write_bytes(b"this is not audio")
+    (corpus / "manifest.csv").write_text("path,label,speaker\nwav/broken.wav,a,s1\nwav/gone.wav,b,s2\n")
+    config = {"datasets": {"mine": {"layout": "generic", "path": str(corpus), "classes": ["a", "b"]}}}
+    result = snakemake(tmp_path, config=config, check=False)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "2 clips of dataset 'mine' cannot be used" in text
+    assert "broken (" in text and "unreadable or corrupt audio" in text
+    assert "gone (" in text and "file not found" in text
+    assert not (tmp_path / "results" / "data" / "mine" / "manifest.parquet").exists()
