@@ -18,6 +18,25 @@ from typing import Any
 from workflow_scripts.errors import InputError
 
 
+def entry_parser(module: str, doc: str | None, *, dataset: bool = False) -> argparse.ArgumentParser:
+    """The parser every entry point starts from: its docstring as help, ``--spec``/``--config``
+    and, for per-dataset steps, ``--dataset``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if dataset:
+        parser.add_argument("--dataset", required=True, help="the dataset's name under 'datasets:'")
+    add_spec_arguments(parser)
+    return parser
+
+
+def resolve_dataset_spec(args: argparse.Namespace) -> Any:
+    """``resolve_spec`` for a per-dataset step: the settings of ``--dataset``."""
+    from workflow_scripts.config import dataset_spec
+
+    return resolve_spec(args, lambda config: dataset_spec(config, args.dataset))
+
+
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the mutually exclusive ``--spec`` / ``--config`` pair."""
     group = parser.add_mutually_exclusive_group(required=True)

@@ -12,7 +12,6 @@ Ragged CSR storage keeps every clip's true length: nothing is padded here.
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import numpy as np
@@ -20,7 +19,7 @@ import pandas as pd
 import zarr
 
 from workflow_scripts.atomic import atomic_path
-from workflow_scripts.cli import add_spec_arguments, resolve_spec, run_main
+from workflow_scripts.cli import entry_parser, resolve_spec, run_main
 from workflow_scripts.data.audio import read_clip, resample
 from workflow_scripts.errors import InputError, describe_offenders
 from workflow_scripts.provenance import provenance
@@ -98,11 +97,7 @@ class AudioStore:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m workflow_scripts.data.audio_cache", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_spec_arguments(parser)
+    parser = entry_parser("workflow_scripts.data.audio_cache", __doc__)
     parser.add_argument("--manifest", required=True, help="input manifest.parquet")
     parser.add_argument("--out", required=True, help="output audio.zarr folder")
     args = parser.parse_args(argv)

@@ -19,14 +19,13 @@ validation speakers so that a validation set is not all one voice.
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import numpy as np
 import pandas as pd
 
 from workflow_scripts.atomic import write_table
-from workflow_scripts.cli import add_spec_arguments, resolve_spec, run_main
+from workflow_scripts.cli import entry_parser, resolve_dataset_spec, run_main
 from workflow_scripts.errors import InputError, raise_if_any
 from workflow_scripts.provenance import provenance
 
@@ -153,18 +152,11 @@ def build_folds(name: str, manifest: pd.DataFrame, dataset_spec: dict) -> pd.Dat
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m workflow_scripts.data.folds", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--dataset", required=True, help="the dataset's name under 'datasets:'")
-    add_spec_arguments(parser)
+    parser = entry_parser("workflow_scripts.data.folds", __doc__, dataset=True)
     parser.add_argument("--manifest", required=True, help="input manifest.parquet")
     parser.add_argument("--out", required=True, help="output folds.parquet")
     args = parser.parse_args(argv)
-    from workflow_scripts.config import dataset_spec
-
-    spec = resolve_spec(args, lambda config: dataset_spec(config, args.dataset))
+    spec = resolve_dataset_spec(args)
     folds = build_folds(args.dataset, pd.read_parquet(args.manifest), spec)
     write_table(args.out, folds, provenance("folds", spec, dataset=args.dataset))
 

@@ -12,7 +12,6 @@ rejected table instead of failing the run.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.atomic import write_table
-from workflow_scripts.cli import add_spec_arguments, resolve_spec, run_main
+from workflow_scripts.cli import entry_parser, resolve_dataset_spec, run_main
 from workflow_scripts.data.audio import BadClip, read_clip
 from workflow_scripts.data.layouts import get_layout
 from workflow_scripts.errors import InputError, raise_if_any
@@ -137,18 +136,11 @@ def build_manifest(name: str, spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m workflow_scripts.data.manifest", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--dataset", required=True, help="the dataset's name under 'datasets:'")
-    add_spec_arguments(parser)
+    parser = entry_parser("workflow_scripts.data.manifest", __doc__, dataset=True)
     parser.add_argument("--manifest", required=True, help="output manifest.parquet")
     parser.add_argument("--rejected", required=True, help="output rejected.csv")
     args = parser.parse_args(argv)
-    from workflow_scripts.config import dataset_spec
-
-    spec = resolve_spec(args, lambda config: dataset_spec(config, args.dataset))
+    spec = resolve_dataset_spec(args)
     manifest, rejected = build_manifest(args.dataset, spec)
     # rejected first: the manifest is the file downstream rules wait for.
     write_table(args.rejected, rejected)
