@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -15,6 +16,9 @@ from workflow_scripts.config import validate_config
 validate_config(config, source="the workflow config")
 
 DATASETS = sorted(config["datasets"])
+MODELS = sorted(config["models"])
+# One log-mel cache per dataset and mel-bin count that some model needs.
+MEL_BINS = sorted({spec["num_mel_bins"] for spec in config["models"].values()})
 
 # Every job runs `python -m workflow_scripts...`: put the package on PYTHONPATH and, outside
 # conda environments, the interpreter that runs Snakemake (the project's .venv) first on PATH.
@@ -29,6 +33,8 @@ shell.prefix(_prefix)
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
+    model="|".join(re.escape(m) for m in MODELS),
+    n_mels=r"\d+",
 
 
 def as_json(settings):
@@ -53,10 +59,17 @@ def dataset_source(wildcards):
     return config["datasets"][wildcards.dataset]["path"]
 
 
+def model_spec_json(wildcards):
+    return as_json(config["models"][wildcards.model])
+
+
 def final_outputs():
     """What `snakemake` with no target builds."""
-    return [
+    data = [
         f"results/data/{dataset}/{name}"
         for dataset in DATASETS
-        for name in ("manifest.parquet", "folds.parquet", "audio.zarr")
+        for name in ("manifest.parquet", "folds.parquet")
     ]
+    features = [f"results/features/{d}/logmel{n}.zarr" for d in DATASETS for n in MEL_BINS]
+    models = [f"results/models/{model}" for model in MODELS]
+    return data + features + models

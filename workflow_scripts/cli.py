@@ -18,15 +18,18 @@ from typing import Any
 from workflow_scripts.errors import InputError
 
 
-def entry_parser(module: str, doc: str | None, *, dataset: bool = False) -> argparse.ArgumentParser:
+def entry_parser(
+    module: str, doc: str | None, *, dataset: bool = False, settings: bool = True
+) -> argparse.ArgumentParser:
     """The parser every entry point starts from: its docstring as help, ``--spec``/``--config``
-    and, for per-dataset steps, ``--dataset``."""
+    (unless the step takes no settings) and, for per-dataset steps, ``--dataset``."""
     parser = argparse.ArgumentParser(
         prog=f"python -m {module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     if dataset:
         parser.add_argument("--dataset", required=True, help="the dataset's name under 'datasets:'")
-    add_spec_arguments(parser)
+    if settings:
+        add_spec_arguments(parser)
     return parser
 
 

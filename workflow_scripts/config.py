@@ -73,12 +73,17 @@ def load_config(path: str | Path) -> dict:
     return validate_config(config, source=str(path))
 
 
+def named_spec(config: dict, section: str, name: str) -> dict:
+    """The settings of ``name`` under ``section`` (datasets, models); an unknown name is an input error."""
+    entries = config.get(section) or {}
+    if name not in entries:
+        raise InputError(f"no {section[:-1]} {name!r} under '{section}:' (configured: {', '.join(entries)})")
+    return entries[name]
+
+
 def dataset_spec(config: dict, name: str) -> dict:
     """The settings of dataset ``name``; an unknown name is an input error."""
-    datasets = config.get("datasets") or {}
-    if name not in datasets:
-        raise InputError(f"no dataset {name!r} under 'datasets:' (configured: {', '.join(datasets)})")
-    return datasets[name]
+    return named_spec(config, "datasets", name)
 
 
 def config_hash(section: Any) -> str:

@@ -1,0 +1,30 @@
+# Model checkpoints and the log-mel feature cache they read.
+
+
+rule model:
+    output:
+        directory("results/models/{model}"),
+    params:
+        spec=model_spec_json,
+    log:
+        "results/logs/model/{model}.log",
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m workflow_scripts.models.build --model {wildcards.model}"
+        " --spec {params.spec:q} --out {output} 2> {log}"
+
+
+rule features:
+    input:
+        audio="results/data/{dataset}/audio.zarr",
+        manifest="results/data/{dataset}/manifest.parquet",
+    output:
+        directory("results/features/{dataset}/logmel{n_mels}.zarr"),
+    log:
+        "results/logs/features/{dataset}_logmel{n_mels}.log",
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m workflow_scripts.features --audio {input.audio} --manifest {input.manifest}"
+        " --n-mels {wildcards.n_mels} --out {output} 2> {log}"

@@ -1,0 +1,66 @@
+"""Log-mel features per clip equal the first frames of Hugging Face's 30-s features; collation."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import write_tone
+from workflow_scripts.data.audio_cache import AudioStore, write_audio_store
+from workflow_scripts.features import (FLOOR_BELOW_MAX, FeatureStore, clip_features, clip_frame_count, collate,
+                                       feature_extractor, write_feature_store)
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return feature_extractor(80)
+
+
+def noise(seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(seconds * 16000) + 37)).astype(np.float32)
+
+
+def test_clip_frames_equal_the_30s_window_frames(extractor):
+    clip = noise(3.2)
+    ours = clip_features(extractor, clip)
+    window = extractor(clip, sampling_rate=16000, return_tensors="np").input_features[0].T
+    assert ours.shape == (clip_frame_count(clip.size), 80) == (322, 80)  # ceil((51237 + 200) / 160)
+    np.testing.assert_array_equal(ours, window[: len(ours)])
+    # Every later frame of the 30-s window holds the clip's floor value.
+    np.testing.assert_allclose(window[len(ours) :], ours.max() - FLOOR_BELOW_MAX, atol=1e-6)
+
+
+def test_legacy_collation_reproduces_hugging_face_input_exactly(extractor):
+    clips = [noise(2.0, seed=1), noise(4.5, seed=2)]
+    features, mask = collate([clip_features(extractor, c) for c in clips], max_frames=3000, legacy=True)
+    reference = extractor(clips, sampling_rate=16000, return_tensors="pt").input_features
+    assert features.shape == reference.shape == (2, 80, 3000)
+    torch.testing.assert_close(features, reference, atol=1e-6, rtol=0)
+    assert mask.sum(1).tolist() == [202, 452]
+
+
+def test_default_collation_crops_to_the_longest_clip_and_caps():
+    a = np.full((7, 3), 1.0, dtype=np.float32)
+    b = np.arange(24, dtype=np.float32).reshape(8, 3)
+    features, mask = collate([a, b], max_frames=3000)
+    assert features.shape == (2, 3, 8) and mask.tolist() == [[True] * 7 + [False], [True] * 8]
+    assert features[0, :, 7].tolist() == [1.0 - FLOOR_BELOW_MAX] * 3  # floor = max - 2
+    capped, capped_mask = collate([a, b], max_frames=4)
+    assert capped.shape == (2, 3, 4) and capped_mask.all()
+    torch.testing.assert_close(capped[1], torch.from_numpy(b[:4].T))
+    odd, _ = collate([a], max_frames=3000)
+    assert odd.shape[-1] == 8  # even length for the stride-2 convolution
+
+
+def test_store_round_trip(tmp_path, extractor):
+    paths = [write_tone(tmp_path / f"{name}.wav", seconds=s) for name, s in [("a", 0.5), ("b", 1.27)]]
+    manifest = pd.DataFrame({"utt_id": ["a", "b"], "source": [str(p) for p in paths]})
+    write_audio_store(str(tmp_path / "audio.zarr"), manifest, 16000, 30)
+    audio = AudioStore(str(tmp_path / "audio.zarr"))
+    summary = write_feature_store(str(tmp_path / "logmel80.zarr"), audio, 80)
+    store = FeatureStore(str(tmp_path / "logmel80.zarr"))
+    assert summary == {"clips": 2, "frames": 52 + 129}  # ceil((8000 + 200) / 160), ceil((20320 + 200) / 160)
+    assert store.utt_ids == ["a", "b"] and store.n_mels == 80 and store.frames(1) == 129
+    np.testing.assert_array_equal(store[1], clip_features(extractor, audio[1]))
+    assert [c.shape for c in store.load_all()] == [(52, 80), (129, 80)]

@@ -1,0 +1,1 @@
+"""Model specs, weights and the short-clip Whisper encoder."""
