@@ -43,3 +43,20 @@ def test_table_round_trip_with_provenance(tmp_path):
     assert read_provenance(tmp_path / "t.parquet")["config_hash"] == "abc"
     write_json(tmp_path / "m.json", {"b": 1, "a": 2})
     assert (tmp_path / "m.json").read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
+
+
+def test_outputs_get_the_umask_permissions_not_private_ones(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "store", directory=True) as tmp:
+            (tmp / "weights").write_bytes(b"x")
+            os.chmod(tmp / "weights", 0o600)  # what safetensors does
+        with atomic_path(tmp_path / "table.csv") as tmp:
+            tmp.write_text("a")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "store").stat().st_mode & 0o777) == "0o755"
+    assert oct((tmp_path / "store" / "weights").stat().st_mode & 0o777) == "0o644"
+    assert oct((tmp_path / "table.csv").stat().st_mode & 0o777) == "0o644"

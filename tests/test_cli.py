@@ -13,6 +13,9 @@ ENTRY_POINTS = [
     "workflow_scripts.data.manifest",
     "workflow_scripts.data.folds",
     "workflow_scripts.data.audio_cache",
+    "workflow_scripts.features",
+    "workflow_scripts.models.build",
+    "workflow_scripts.models.convert",
     "workflow_scripts.provenance",
 ]
 

@@ -17,6 +17,30 @@ from pathlib import Path
 from typing import Any
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _open_permissions(path: Path) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the modes the umask allows.
+
+    ``mkdtemp`` makes its folder private (0700) and some writers (safetensors) make private
+    files; on a shared cluster other users of the project must be able to read results.
+    """
+    mask = _current_umask()
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        for root, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -40,6 +64,7 @@ def atomic_path(final: str | os.PathLike, *, directory: bool = False) -> Iterato
         yield work
         if not work.exists():
             raise FileNotFoundError(f"the writer did not create {work} (meant for {final})")
+        _open_permissions(work)
         if final.is_dir() and not final.is_symlink():
             # os.replace cannot overwrite a non-empty directory: move the old one aside first.
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
