@@ -18,6 +18,7 @@ pytestmark = pytest.mark.workflow
 
 TINY = {
     "demo_corpus": {"speakers": 4, "utterances_per_speaker_per_emotion": 2},
+    "models": {"tiny": {"source": "tiny_random", "layers": 2, "d_model": 32, "heads": 2, "ffn_dim": 64}},
     "datasets": {
         "demo": {"layout": "generic", "path": "results/demo_corpus", "classes": ["neutral", "happy", "angry", "sad"],
                  "folds": {"protocols": ["loso_speaker", "holdout"], "val_fraction": 0.3}},
@@ -59,12 +60,13 @@ def test_dry_run_of_the_default_config_lists_the_dag(tmp_path):
     result = subprocess.run([*SNAKEMAKE, "-n", "--directory", str(tmp_path), "--configfile",
                              str(REPO / "config" / "config.yaml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert {"demo_corpus", "manifest", "folds", "audio_cache", "all"} <= jobs_run(result)
+    assert {"demo_corpus", "manifest", "folds", "audio_cache", "features", "model", "all"} <= jobs_run(result)
+    assert "results/models/whisper-base" in result.stdout
 
 
 def test_full_data_stage_then_incremental_rerun(workdir):
     first = snakemake(workdir, config=TINY)
-    assert jobs_run(first) >= {"demo_corpus", "manifest", "folds", "audio_cache"}
+    assert jobs_run(first) >= {"demo_corpus", "manifest", "folds", "audio_cache", "features", "model"}
     data = workdir / "results" / "data" / "demo"
     manifest = pd.read_parquet(data / "manifest.parquet")
     assert len(manifest) == 32 and manifest["speaker"].nunique() == 4
@@ -73,7 +75,13 @@ def test_full_data_stage_then_incremental_rerun(workdir):
     assert folds[folds.protocol == "loso_speaker"]["fold"].nunique() == 4
     assert (data / "audio.zarr" / "zarr.json").is_file()
     assert pd.read_csv(data / "rejected.csv").empty
-    for log in ("demo_corpus.log", "manifest/demo.log", "folds/demo.log", "audio_cache/demo.log"):
+    from workflow_scripts.features import FeatureStore
+
+    features = FeatureStore(str(workdir / "results" / "features" / "demo" / "logmel80.zarr"))
+    assert features.utt_ids == manifest["utt_id"].tolist() and features.n_mels == 80
+    assert (workdir / "results" / "models" / "tiny" / "model.safetensors").is_file()
+    for log in ("demo_corpus.log", "manifest/demo.log", "folds/demo.log", "audio_cache/demo.log",
+                "features/demo_logmel80.log", "model/tiny.log"):
         assert (workdir / "results" / "logs" / log).is_file()
 
     again = snakemake(workdir)
