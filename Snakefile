@@ -12,9 +12,10 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
+include: "rules/train.smk"
 
 
 rule all:
     input:
-        final_outputs(),
+        final_outputs,
     default_target: True

@@ -10,10 +10,20 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
 
+import pandas as pd
+
 from workflow_scripts.config import validate_config
+from workflow_scripts.runs import (
+    METHODS,
+    RUN_PATTERN,
+    check_training_config,
+    expand_grid,
+    run_settings,
+)
 
 # Fill in the schema's defaults and stop with a readable message on a bad key.
 validate_config(config, source="the workflow config")
+check_training_config(config)
 
 DATASETS = sorted(config["datasets"])
 MODELS = sorted(config["models"])
@@ -35,6 +45,12 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     model="|".join(re.escape(m) for m in MODELS),
     n_mels=r"\d+",
+    protocol="loso_session|loso_speaker|legacy_dialog10|holdout|predefined",
+    method="|".join(METHODS),
+    targets=r"[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*",
+    rank=r"\d+",
+    seed=r"\d+",
+    fold=r"\d+",
 
 
 def as_json(settings):
@@ -63,7 +79,34 @@ def model_spec_json(wildcards):
     return as_json(config["models"][wildcards.model])
 
 
-def final_outputs():
+RUN_DIR = "results/runs/" + RUN_PATTERN
+
+
+def folds_of(dataset, protocol):
+    """Fold numbers of a protocol, read from the fold table (built first: a checkpoint)."""
+    table = checkpoints.folds.get(dataset=dataset).output[0]
+    folds = pd.read_parquet(table, columns=["protocol", "fold"])
+    return sorted(folds.loc[folds["protocol"] == protocol, "fold"].unique().tolist())
+
+
+def training_runs():
+    return expand_grid(config, folds_of)
+
+
+def run_metrics(wildcards):
+    return [f"results/runs/{run.id}/metrics.json" for run in training_runs()]
+
+
+def run_spec_json(wildcards):
+    return as_json(run_settings(config, wildcards.dataset))
+
+
+def run_features(wildcards):
+    n_mels = config["models"][wildcards.model]["num_mel_bins"]
+    return f"results/features/{wildcards.dataset}/logmel{n_mels}.zarr"
+
+
+def final_outputs(wildcards):
     """What `snakemake` with no target builds."""
     data = [
         f"results/data/{dataset}/{name}"
@@ -72,4 +115,5 @@ def final_outputs():
     ]
     features = [f"results/features/{d}/logmel{n}.zarr" for d in DATASETS for n in MEL_BINS]
     models = [f"results/models/{model}" for model in MODELS]
-    return data + features + models
+    tables = ["results/tables/performance.csv", "results/tables/performance.md"]
+    return data + features + models + tables

@@ -34,7 +34,8 @@ rule manifest:
         " 2> {log}"
 
 
-rule folds:
+# A checkpoint: with `training.folds: all` the run grid reads the number of folds from it.
+checkpoint folds:
     input:
         "results/data/{dataset}/manifest.parquet",
     output:

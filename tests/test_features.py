@@ -64,3 +64,13 @@ def test_store_round_trip(tmp_path, extractor):
     assert store.utt_ids == ["a", "b"] and store.n_mels == 80 and store.frames(1) == 129
     np.testing.assert_array_equal(store[1], clip_features(extractor, audio[1]))
     assert [c.shape for c in store.load_all()] == [(52, 80), (129, 80)]
+
+
+def test_writer_failure_leaves_no_store(tmp_path):
+    from workflow_scripts.features import FeatureStoreWriter
+
+    with pytest.raises(ValueError, match=r"u2: frames must be \[T, 80\]"):
+        with FeatureStoreWriter(str(tmp_path / "f.zarr"), 80) as writer:
+            writer.append("u1", np.zeros((5, 80), dtype=np.float32))
+            writer.append("u2", np.zeros((5, 40), dtype=np.float32))
+    assert list(tmp_path.iterdir()) == []

@@ -65,39 +65,63 @@ def clip_features(extractor, samples: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(features[:, :n_frames].T, dtype=np.float32)
 
 
+class FeatureStoreWriter:
+    """Append clips' frames to a new store, in order; the store appears only on success.
+
+    >>> with FeatureStoreWriter("logmel80.zarr", n_mels=80) as writer:   # doctest: +SKIP
+    ...     writer.append("utt1", frames)
+    """
+
+    def __init__(self, path: str, n_mels: int, record: dict | None = None):
+        self.path, self.n_mels, self.record = path, n_mels, record or {}
+        self.utt_ids: list[str] = []
+        self.offsets = [0]
+        self._pending: list[np.ndarray] = []
+        self._written = 0
+
+    def __enter__(self) -> "FeatureStoreWriter":
+        self._atomic = atomic_path(self.path, directory=True)
+        self._group = zarr.open_group(str(self._atomic.__enter__()), mode="w", zarr_format=3)
+        self._mel = self._group.create_array(
+            "mel", shape=(0, self.n_mels), chunks=(CHUNK_FRAMES, self.n_mels), dtype="float32", fill_value=0.0
+        )
+        return self
+
+    def append(self, utt_id: str, frames: np.ndarray) -> None:
+        if frames.ndim != 2 or frames.shape[1] != self.n_mels:
+            raise ValueError(f"{utt_id}: frames must be [T, {self.n_mels}], got {frames.shape}")
+        self.utt_ids.append(utt_id)
+        self.offsets.append(self.offsets[-1] + len(frames))
+        self._pending.append(frames.astype(np.float32, copy=False))
+        if self.offsets[-1] - self._written >= CHUNK_FRAMES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            end = self.offsets[-1]
+            self._mel.resize((end, self.n_mels))
+            self._mel[self._written : end] = np.concatenate(self._pending)
+            self._written, self._pending = end, []
+
+    def __exit__(self, kind, error, trace) -> bool:
+        if kind is None:
+            self._flush()
+            offsets = np.asarray(self.offsets, dtype=np.int64)
+            self._group.create_array("offsets", data=offsets, chunks=(len(offsets),))
+            self._group.attrs.update({"n_mels": self.n_mels, "hop_length": HOP_LENGTH, "sample_rate": 16000,
+                                      "utt_ids": self.utt_ids, "provenance": self.record})
+        return self._atomic.__exit__(kind, error, trace)
+
+
 def write_feature_store(path: str, audio_store, n_mels: int, record: dict | None = None) -> dict:
     """Compute and store the features of every clip in ``audio_store`` (an AudioStore)."""
     if audio_store.sample_rate != 16000:
         raise InputError(f"{audio_store.path}: Whisper features need 16 kHz audio, not {audio_store.sample_rate} Hz")
     extractor = feature_extractor(n_mels)
-    with atomic_path(path, directory=True) as tmp:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        mel = group.create_array(
-            "mel", shape=(0, n_mels), chunks=(CHUNK_FRAMES, n_mels), dtype="float32", fill_value=0.0
-        )
-        offsets = np.zeros(len(audio_store) + 1, dtype=np.int64)
-        block: list[np.ndarray] = []
-        written = 0
-        for index in range(len(audio_store)):
-            frames = clip_features(extractor, audio_store[index])
-            offsets[index + 1] = offsets[index] + len(frames)
-            block.append(frames)
-            if sum(len(b) for b in block) >= CHUNK_FRAMES or index == len(audio_store) - 1:
-                end = int(offsets[index + 1])
-                mel.resize((end, n_mels))
-                mel[written:end] = np.concatenate(block)
-                written, block = end, []
-        group.create_array("offsets", data=offsets, chunks=(max(1, len(offsets)),))
-        group.attrs.update(
-            {
-                "n_mels": n_mels,
-                "hop_length": HOP_LENGTH,
-                "sample_rate": 16000,
-                "utt_ids": list(audio_store.utt_ids),
-                "provenance": record or {},
-            }
-        )
-    return {"clips": len(audio_store), "frames": int(offsets[-1])}
+    with FeatureStoreWriter(path, n_mels, record) as writer:
+        for index, utt_id in enumerate(audio_store.utt_ids):
+            writer.append(utt_id, clip_features(extractor, audio_store[index]))
+    return {"clips": len(writer.utt_ids), "frames": int(writer.offsets[-1])}
 
 
 class FeatureStore:

@@ -1,0 +1,48 @@
+# The training grid (one job per run) and the performance table across runs.
+
+
+rule train:
+    input:
+        checkpoint="results/models/{model}",
+        features=run_features,
+        manifest="results/data/{dataset}/manifest.parquet",
+        folds="results/data/{dataset}/folds.parquet",
+    output:
+        weights=directory(RUN_DIR + "/weights"),
+        metrics=RUN_DIR + "/metrics.json",
+        predictions=RUN_DIR + "/predictions.parquet",
+        history=RUN_DIR + "/history.csv",
+    params:
+        spec=run_spec_json,
+        out=RUN_DIR,
+    log:
+        "results/logs/train/" + RUN_PATTERN + ".log",
+    threads: 2
+    resources:
+        # Used by cluster profiles (profiles/slurm): a run wants one GPU there.
+        runtime=240,
+        mem_mb=16000,
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m workflow_scripts.train.run --dataset {wildcards.dataset}"
+        " --protocol {wildcards.protocol} --model {wildcards.model} --method {wildcards.method}"
+        " --targets {wildcards.targets} --rank {wildcards.rank} --seed {wildcards.seed}"
+        " --fold {wildcards.fold} --checkpoint {input.checkpoint} --features {input.features}"
+        " --manifest {input.manifest} --folds {input.folds} --spec {params.spec:q}"
+        " --out {params.out} 2> {log}"
+
+
+rule performance:
+    input:
+        run_metrics,
+    output:
+        csv="results/tables/performance.csv",
+        md="results/tables/performance.md",
+    log:
+        "results/logs/performance.log",
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m workflow_scripts.report.performance --metrics {input}"
+        " --csv {output.csv} --md {output.md} 2> {log}"

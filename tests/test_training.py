@@ -1,0 +1,210 @@
+"""Training runs on a tiny random Whisper and synthetic, learnable log-mel features."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from workflow_scripts.config import validate_config
+from workflow_scripts.data.folds import build_folds
+from workflow_scripts.errors import InputError
+from workflow_scripts.features import FeatureStoreWriter
+from workflow_scripts.models.build import build_checkpoint
+from workflow_scripts.runs import Run, run_settings
+from workflow_scripts.train.methods import load_trained
+from workflow_scripts.train.run import run_training
+
+CLASSES = ["neutral", "happy", "angry", "sad"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """6 speakers x 4 classes x 4 clips; class c raises mel bands 20c..20c+19."""
+    root = tmp_path_factory.mktemp("training")
+    rng = np.random.default_rng(0)
+    rows = []
+    with FeatureStoreWriter(str(root / "logmel80.zarr"), 80) as writer:
+        for speaker in range(6):
+            for c, label in enumerate(CLASSES):
+                for k in range(4):
+                    frames = rng.normal(-0.5, 0.3, (int(rng.integers(40, 120)), 80)).astype(np.float32)
+                    frames[:, 20 * c : 20 * c + 20] += 0.8
+                    utt = f"s{speaker}_{label}_{k}"
+                    writer.append(utt, frames)
+                    rows.append({"utt_id": utt, "label": label, "speaker": f"s{speaker}", "gender": "F"})
+    manifest = pd.DataFrame(rows)
+    manifest.to_parquet(root / "manifest.parquet")
+    folds = build_folds("toy", manifest, {"classes": CLASSES, "folds": {"protocols": ["loso_speaker"]}})
+    folds.to_parquet(root / "folds.parquet")
+    build_checkpoint("tiny", {"source": "tiny_random", "num_mel_bins": 80, "layers": 2, "d_model": 32,
+                              "heads": 2, "ffn_dim": 64, "seed": 0}, root / "tiny")
+    return root
+
+
+def settings(**training):
+    config = validate_config({
+        "datasets": {"toy": {"layout": "generic", "path": "x", "classes": CLASSES}},
+        "training": {"epochs": 3, "lr": 3e-3, "batch_size": 8, "device": "cpu", **training},
+    })
+    return run_settings(config, "toy")
+
+
+def train_run(dataset, out, method="lora", targets="q_proj+v_proj", rank=4, seed=0, fold=1, **training):
+    run = Run("toy", "loso_speaker", "tiny", method, targets, rank, seed, fold)
+    return run_training(run, settings(**training), dataset / "tiny", dataset / "logmel80.zarr",
+                        dataset / "manifest.parquet", dataset / "folds.parquet", out)
+
+
+@pytest.fixture(scope="module")
+def lora_run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora_run")
+    return out, train_run(dataset, out)
+
+
+def test_lora_run_writes_every_output(lora_run):
+    out, metrics = lora_run
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "metrics.json", "predictions.parquet", "weights"]
+    assert json.loads((out / "metrics.json").read_text())["run"] == metrics["run"]
+    assert set(metrics["test"]) == {"uar", "war", "macro_f1", "per_class_recall", "confusion_matrix", "n"}
+    assert metrics["selected_on"] == "val" and metrics["selected_on_test"] is False
+    assert 1 <= metrics["best_epoch"] <= 3 and metrics["test"]["n"] == 16
+    assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"]
+    assert metrics["provenance"]["settings"]["lr"] == 3e-3 and metrics["wall_seconds"] > 0
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["val_uar"].max() == pytest.approx(metrics["val"]["uar"])  # the best epoch was kept
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert list(predictions.columns) == ["utt_id", "split", "label", "prediction", "logits"]
+    assert predictions["split"].value_counts().to_dict() == {"val": 16, "test": 16}
+
+
+def test_lora_learns_the_synthetic_task(lora_run):
+    assert lora_run[1]["test"]["uar"] >= 0.5  # chance is 0.25
+
+
+def test_adapter_loads_with_plain_peft_and_reproduces_the_predictions(lora_run, dataset):
+    from peft import PeftModel
+
+    from workflow_scripts.features import FeatureStore, collate
+    from workflow_scripts.models.build import load_classifier
+    from workflow_scripts.models.encoder import classify
+
+    out, _ = lora_run
+    model = PeftModel.from_pretrained(load_classifier(dataset / "tiny", CLASSES), out / "weights").eval()
+    assert (out / "weights" / "adapter_model.safetensors").is_file()
+    predictions = pd.read_parquet(out / "predictions.parquet").query("split == 'test'")
+    store = FeatureStore(str(dataset / "logmel80.zarr"))
+    features, mask = collate([store[store.index[u]] for u in predictions["utt_id"]], max_frames=3000)
+    with torch.no_grad():
+        logits = classify(model, features, mask).numpy()
+    np.testing.assert_allclose(logits, np.stack(predictions["logits"]), atol=1e-4)
+    torch.testing.assert_close(
+        next(p for n, p in model.named_parameters() if "lora_B" in n),
+        next(p for n, p in load_trained(out / "weights", dataset / "tiny", CLASSES, "lora").named_parameters()
+             if "lora_B" in n))
+
+
+def test_same_config_and_seed_give_identical_metrics(lora_run, dataset, tmp_path):
+    again = train_run(dataset, tmp_path / "again")
+    first = lora_run[1]
+    assert again["test"] == first["test"] and again["val"] == first["val"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "history.csv").drop(columns="seconds"),
+                                  pd.read_csv(lora_run[0] / "history.csv").drop(columns="seconds"))
+    train_run(dataset, tmp_path / "seed1", seed=1)
+    other_losses = pd.read_csv(tmp_path / "seed1" / "history.csv")["train_loss"]
+    assert not np.allclose(other_losses, pd.read_csv(lora_run[0] / "history.csv")["train_loss"])
+
+
+def test_frozen_trains_only_the_head(dataset, tmp_path):
+    metrics = train_run(dataset, tmp_path / "frozen", method="frozen", targets="none", rank=0)
+    d, proj = 32, 256
+    assert metrics["trainable_parameters"] == d * proj + proj + proj * 4 + 4
+    assert (tmp_path / "frozen" / "weights" / "head.safetensors").is_file()
+    model = load_trained(tmp_path / "frozen" / "weights", dataset / "tiny", CLASSES, "frozen")
+    assert model.classifier.out_features == 4
+
+
+def test_untrained_references(dataset, tmp_path):
+    init = train_run(dataset, tmp_path / "init", method="lora_init")
+    random = train_run(dataset, tmp_path / "random", method="lora_random")
+    assert init["epochs"] == 0 and init["selected_on"] is None
+    assert pd.read_csv(tmp_path / "init" / "history.csv").empty
+    init_model = load_trained(tmp_path / "init" / "weights", dataset / "tiny", CLASSES, "lora_init")
+    random_model = load_trained(tmp_path / "random" / "weights", dataset / "tiny", CLASSES, "lora_random")
+    b_init = [p for n, p in init_model.named_parameters() if "lora_B" in n]
+    b_random = torch.cat([p.flatten() for n, p in random_model.named_parameters() if "lora_B" in n])
+    assert all(torch.count_nonzero(b) == 0 for b in b_init)  # peft's B = 0
+    assert float(b_random.std()) == pytest.approx(0.02, rel=0.15)  # the original's N(0, 0.02)
+
+
+def test_legacy_selection_on_test_is_recorded(dataset, tmp_path):
+    config = validate_config({
+        "legacy": True, "datasets": {"toy": {"layout": "generic", "path": "x", "classes": CLASSES}},
+        "training": {"epochs": 1, "lr": 3e-3, "device": "cpu", "select_on": "test"},
+    })
+    run = Run("toy", "loso_speaker", "tiny", "frozen", "none", 0, 0, 1)
+    metrics = run_training(run, run_settings(config, "toy"), dataset / "tiny", dataset / "logmel80.zarr",
+                           dataset / "manifest.parquet", dataset / "folds.parquet", tmp_path / "legacy")
+    assert metrics["selected_on"] == "test" and metrics["selected_on_test"] is True
+    assert "test_uar" in pd.read_csv(tmp_path / "legacy" / "history.csv").columns
+
+
+def test_bad_targets_and_missing_fold_stop_before_training(dataset, tmp_path):
+    with pytest.raises(InputError, match=r"training\.targets: \['query'\] match no module of the encoder"):
+        train_run(dataset, tmp_path / "bad", targets="query")
+    with pytest.raises(InputError, match=r"has no fold 9 under protocol 'loso_speaker' \(folds: \[1, 2, 3, 4, 5, 6\]\)"):
+        train_run(dataset, tmp_path / "bad", fold=9)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_empty_training_split_is_named(dataset, tmp_path):
+    folds = pd.read_parquet(dataset / "folds.parquet")
+    folds = folds[~((folds.fold == 1) & (folds.split == "train"))]
+    folds.to_parquet(tmp_path / "folds.parquet")
+    run = Run("toy", "loso_speaker", "tiny", "lora", "v_proj", 4, 0, 1)
+    with pytest.raises(InputError, match=r"fold 1: the train split is empty"):
+        run_training(run, settings(), dataset / "tiny", dataset / "logmel80.zarr", dataset / "manifest.parquet",
+                     tmp_path / "folds.parquet", tmp_path / "out")
+
+
+def cli(dataset, out, epochs):
+    spec = json.dumps(settings(epochs=epochs))
+    return [sys.executable, "-m", "workflow_scripts.train.run", "--dataset", "toy", "--protocol", "loso_speaker",
+            "--model", "tiny", "--method", "lora", "--targets", "q_proj+v_proj", "--rank", "4", "--seed", "0",
+            "--fold", "2", "--checkpoint", str(dataset / "tiny"), "--features", str(dataset / "logmel80.zarr"),
+            "--manifest", str(dataset / "manifest.parquet"), "--folds", str(dataset / "folds.parquet"),
+            "--spec", spec, "--out", str(out)]
+
+
+def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(dataset, tmp_path):
+    epochs = 12
+    subprocess.run(cli(dataset, tmp_path / "whole", epochs), check=True, capture_output=True)
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+
+    resume_file = tmp_path / "killed" / ".resume" / "state.pt"
+    process = subprocess.Popen(cli(dataset, tmp_path / "killed", epochs), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not resume_file.exists() and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)  # kill -9 right after the first epoch checkpoint
+    process.wait()
+    assert not (tmp_path / "killed" / "metrics.json").exists(), "the run finished before it could be killed"
+    finished = torch.load(resume_file, weights_only=False)["state"].epoch
+    assert 1 <= finished < epochs
+
+    rerun = subprocess.run(cli(dataset, tmp_path / "killed", epochs), check=True, capture_output=True, text=True)
+    assert f"resuming after epoch {finished}" in rerun.stderr
+    resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert resumed["test"] == whole["test"] and resumed["val"] == whole["val"]
+    assert resumed["best_epoch"] == whole["best_epoch"]
+    assert not (tmp_path / "killed" / ".resume").exists()  # cleaned up on success

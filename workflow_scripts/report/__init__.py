@@ -1,0 +1,1 @@
+"""Aggregation across runs: tables, figures and the report."""

@@ -1,0 +1,122 @@
+"""The run grid: one training run per {dataset, protocol, model, method, targets, rank, seed, fold}.
+
+A run's id is derived here and nowhere else, so every stage names its outputs the same way::
+
+    demo/loso_speaker/whisper-base/lora/q_proj+v_proj/r8/seed0/fold1
+
+Methods without LoRA (``frozen``, ``full``) have no targets or rank; their id says
+``none/r0``. The grid is the product of the lists under ``training:`` in the config.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+from workflow_scripts.errors import InputError
+
+LORA_METHODS = ("lora", "lora_init", "lora_random")
+TRAINED_METHODS = ("lora", "frozen", "full")
+METHODS = TRAINED_METHODS + ("lora_init", "lora_random")
+NO_TARGETS = "none"
+# Whisper encoder modules LoRA can adapt (the leaf names peft matches).
+WHISPER_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+#: The path pattern of a run; its fields are the Snakemake wildcards of every per-run rule.
+RUN_PATTERN = "{dataset}/{protocol}/{model}/{method}/{targets}/r{rank}/seed{seed}/fold{fold}"
+
+
+@dataclass(frozen=True)
+class Run:
+    dataset: str
+    protocol: str
+    model: str
+    method: str
+    targets: str  # "q_proj+v_proj", or "none" for methods without LoRA
+    rank: int
+    seed: int
+    fold: int
+
+    @property
+    def id(self) -> str:
+        return RUN_PATTERN.format(**asdict(self))
+
+    @property
+    def target_modules(self) -> list[str]:
+        return [] if self.targets == NO_TARGETS else self.targets.split("+")
+
+    @classmethod
+    def from_wildcards(cls, wildcards) -> "Run":
+        return cls(
+            dataset=wildcards["dataset"], protocol=wildcards["protocol"], model=wildcards["model"],
+            method=wildcards["method"], targets=wildcards["targets"], rank=int(wildcards["rank"]),
+            seed=int(wildcards["seed"]), fold=int(wildcards["fold"]),
+        )
+
+
+def targets_key(modules: list[str]) -> str:
+    """``["q_proj", "v_proj"]`` -> ``"q_proj+v_proj"`` (sorted, so the order in the config does not matter)."""
+    return "+".join(sorted(modules))
+
+
+def check_training_config(config: dict) -> None:
+    """Cross-key checks the schema cannot express, with the key named."""
+    training = config["training"]
+    for name in training["datasets"] or []:
+        if name not in config["datasets"]:
+            raise InputError(f"training.datasets: {name!r} is not a dataset under 'datasets:'")
+    for name in training["models"] or []:
+        if name not in config["models"]:
+            raise InputError(f"training.models: {name!r} is not a model under 'models:'")
+    for dataset in training["datasets"] or config["datasets"]:
+        available = config["datasets"][dataset]["folds"]["protocols"]
+        for protocol in training["protocols"]:
+            if protocol not in available:
+                raise InputError(
+                    f"training.protocols: {protocol!r} is not among datasets.{dataset}.folds.protocols {available}"
+                )
+    for modules in training["targets"]:
+        unknown = sorted(set(modules) - set(WHISPER_ENCODER_TARGETS))
+        if unknown:
+            raise InputError(
+                f"training.targets: {unknown} match no Whisper encoder module; "
+                f"choose from {list(WHISPER_ENCODER_TARGETS)}"
+            )
+    if training["select_on"] == "test" and not config["legacy"]:
+        raise InputError(
+            "training.select_on: 'test' picks the best epoch on the test fold (the original's flaw); "
+            "it is allowed only with legacy: true"
+        )
+
+
+def expand_grid(config: dict, folds_of) -> list[Run]:
+    """Every run of the config. ``folds_of(dataset, protocol)`` lists a protocol's fold numbers."""
+    training = config["training"]
+    runs = []
+    for dataset, protocol, model, method, seed in itertools.product(
+        training["datasets"] or sorted(config["datasets"]), training["protocols"],
+        training["models"] or sorted(config["models"]), training["methods"], training["seeds"],
+    ):
+        folds = folds_of(dataset, protocol) if training["folds"] == "all" else training["folds"]
+        if method in LORA_METHODS:
+            variants = [(targets_key(t), r) for t in training["targets"] for r in training["ranks"]]
+        else:
+            variants = [(NO_TARGETS, 0)]
+        for (targets, rank), fold in itertools.product(variants, folds):
+            runs.append(Run(dataset, protocol, model, method, targets, rank, seed, int(fold)))
+    return sorted(set(runs), key=lambda run: run.id)
+
+
+GRID_KEYS = ("datasets", "models", "protocols", "folds", "methods", "targets", "ranks", "seeds")
+
+
+def run_settings(config: dict, dataset: str) -> dict:
+    """What a training run needs from the config besides its wildcards (so that editing a grid
+    list, or another dataset, does not rerun it)."""
+    training = {k: v for k, v in config["training"].items() if k not in GRID_KEYS}
+    return {
+        **training,
+        "legacy": config["legacy"],
+        "max_seconds": config["audio"]["max_seconds"],
+        "classes": config["datasets"][dataset]["classes"],
+    }

@@ -1,0 +1,1 @@
+"""Training: models per method, length-bucketed batches, the loop with selection and resume."""

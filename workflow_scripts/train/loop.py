@@ -1,0 +1,183 @@
+"""The training loop: AdamW with warm-up and linear decay, epoch-wise selection, resumable.
+
+Each epoch trains on length-bucketed batches, then scores the selection split (validation by
+default; the test fold only under ``legacy``, as the original did) and keeps the parameters of
+the epoch with the best UAR (the earliest on ties). After every epoch the whole state --
+parameters, optimizer, schedule, random-number state, best-so-far and history -- is saved to
+``resume_file`` (atomically), so a killed job, rerun, continues after its last finished epoch
+and ends where an uninterrupted run ends (on a CPU, bit for bit).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from workflow_scripts.features import collate
+from workflow_scripts.metrics import classification_report
+from workflow_scripts.models.encoder import EmotionClassifier
+from workflow_scripts.train.batches import evaluation_batches, training_batches
+from workflow_scripts.train.methods import trainable_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitData:
+    """One split's clips (log-mel frames), labels and ids."""
+
+    clips: list[np.ndarray]
+    labels: np.ndarray
+    utt_ids: list[str]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(c) for c in self.clips])
+
+
+@dataclass
+class TrainingState:
+    epoch: int = 0  # epochs finished
+    best_epoch: int = 0
+    best_score: float = -1.0
+    best_parameters: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU; plain fp32 on a CPU (bf16 matmuls there are slow and lossy)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def predict(classifier: EmotionClassifier, data: SplitData, settings: dict, device: torch.device) -> np.ndarray:
+    """Logits ``[N, C]`` (float32) for every clip of ``data``, in ``data`` order."""
+    classifier.eval()
+    logits = [None] * len(data.clips)
+    max_frames = int(settings["max_seconds"] * 100)
+    with torch.inference_mode():
+        for batch in evaluation_batches(data.lengths, settings["eval_batch_size"]):
+            features, mask = collate([data.clips[i] for i in batch], max_frames, settings["legacy"])
+            with autocast(device):
+                out = classifier(features.to(device), mask.to(device)).float().cpu().numpy()
+            for row, index in enumerate(batch):
+                logits[index] = out[row]
+    return np.stack(logits)
+
+
+def evaluate(classifier, data: SplitData, classes: list[str], settings: dict, device) -> tuple[dict, np.ndarray]:
+    logits = predict(classifier, data, settings, device)
+    return classification_report(data.labels, logits.argmax(1), classes), logits
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1 (``class_weighted: true``)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    weights = counts.sum() / (n_classes * np.maximum(counts, 1.0))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _save_resume(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    classifier: EmotionClassifier,
+    train_data: SplitData,
+    select_data: SplitData,
+    classes: list[str],
+    settings: dict,
+    seed: int,
+    resume_file: Path,
+    run_key: str,
+) -> TrainingState:
+    """Train for ``settings['epochs']`` epochs; return the state with the best parameters."""
+    device = pick_device(settings["device"])
+    classifier.to(device)
+    parameters = [p for p in classifier.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    batches_per_epoch = -(-len(train_data.clips) // settings["batch_size"])
+    steps_per_epoch = -(-batches_per_epoch // settings["grad_accum"])
+    total_steps = max(1, settings["epochs"] * steps_per_epoch)
+    warmup = int(settings["warmup_ratio"] * total_steps)
+    # Linear warm-up, then linear decay to 0 (the Hugging Face Trainer's default schedule).
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
+        else max(0.0, (total_steps - step) / max(1, total_steps - warmup)),
+    )
+    weight = class_weights(train_data.labels, len(classes)).to(device) if settings["class_weighted"] else None
+    state = TrainingState()
+    torch.manual_seed(seed)
+
+    if resume_file.is_file():
+        saved = torch.load(resume_file, map_location="cpu", weights_only=False)
+        if saved["run_key"] == run_key:
+            classifier.load_state_dict(saved["parameters"], strict=False)
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            torch.set_rng_state(saved["torch_rng"])
+            if device.type == "cuda" and saved.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(saved["cuda_rng"])
+            state = saved["state"]
+            log.info("resuming after epoch %d from %s", state.epoch, resume_file)
+        else:
+            log.info("ignoring %s: it was written for other settings", resume_file)
+
+    if state.epoch == 0 and settings["epochs"] == 0:
+        state.best_parameters = trainable_state(classifier)
+    max_frames = int(settings["max_seconds"] * 100)
+    for epoch in range(state.epoch + 1, settings["epochs"] + 1):
+        started = time.perf_counter()
+        classifier.train()
+        batches = training_batches(train_data.lengths, settings["batch_size"], seed, epoch)
+        running, seen = 0.0, 0
+        progress = tqdm(batches, desc=f"epoch {epoch}/{settings['epochs']}", unit="batch",
+                        mininterval=1.0 if os.isatty(2) else 30.0)
+        for step, batch in enumerate(progress):
+            features, mask = collate([train_data.clips[i] for i in batch], max_frames, settings["legacy"])
+            labels = torch.from_numpy(train_data.labels[batch]).to(device)
+            with autocast(device):
+                logits = classifier(features.to(device), mask.to(device))
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight)
+            (loss / settings["grad_accum"]).backward()
+            if (step + 1) % settings["grad_accum"] == 0 or step + 1 == len(batches):
+                torch.nn.utils.clip_grad_norm_(parameters, settings["max_grad_norm"])
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += loss.item() * len(batch)
+            seen += len(batch)
+            progress.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
+        report, _ = evaluate(classifier, select_data, classes, settings, device)
+        row = {"epoch": epoch, "train_loss": running / seen, "lr": schedule.get_last_lr()[0],
+               f"{settings['select_on']}_uar": report["uar"], f"{settings['select_on']}_war": report["war"],
+               f"{settings['select_on']}_macro_f1": report["macro_f1"],
+               "seconds": time.perf_counter() - started}
+        state.history.append(row)
+        if report["uar"] > state.best_score:
+            state.best_score, state.best_epoch = report["uar"], epoch
+            state.best_parameters = trainable_state(classifier)
+        state.epoch = epoch
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+        _save_resume(resume_file, {
+            "run_key": run_key, "parameters": trainable_state(classifier), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None, "state": state,
+        })
+    classifier.load_state_dict(state.best_parameters, strict=False)
+    return state

@@ -1,0 +1,152 @@
+"""Train (or, for the untrained references, just score) one run of the grid.
+
+Reads the dataset's manifest, folds and log-mel cache and the model checkpoint; writes into
+the run's folder:
+
+``weights/``             what was trained (see ``workflow_scripts.train.methods``)
+``metrics.json``         test UAR, WAR, macro-F1, per-class recall, confusion matrix, best epoch,
+                         the split it was selected on, parameter counts, wall time, provenance
+``predictions.parquet``  utt_id, split, label, prediction, logits (validation and test clips)
+``history.csv``          one row per epoch
+
+``metrics.json`` is written last: a run without it is unfinished. While training, the run's
+``.resume/`` folder holds the last finished epoch; a rerun continues from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workflow_scripts.atomic import atomic_path, write_json, write_table
+from workflow_scripts.cli import entry_parser, resolve_spec, run_main
+from workflow_scripts.config import config_hash
+from workflow_scripts.errors import InputError
+from workflow_scripts.features import FeatureStore
+from workflow_scripts.metrics import classification_report
+from workflow_scripts.models.encoder import EmotionClassifier
+from workflow_scripts.provenance import provenance
+from workflow_scripts.runs import TRAINED_METHODS, Run, run_settings
+from workflow_scripts.train.loop import SplitData, evaluate, pick_device, train
+from workflow_scripts.train.methods import build_model, parameter_counts, save_weights
+
+log = logging.getLogger(__name__)
+
+
+def load_splits(run: Run, manifest: pd.DataFrame, folds: pd.DataFrame, store: FeatureStore,
+                classes: list[str]) -> dict[str, SplitData]:
+    """The run's train, val and test clips; an empty split is an input error."""
+    rows = folds[(folds["protocol"] == run.protocol) & (folds["fold"] == run.fold)]
+    if rows.empty:
+        available = sorted(folds.loc[folds["protocol"] == run.protocol, "fold"].unique().tolist())
+        raise InputError(
+            f"training.folds: {run.dataset} has no fold {run.fold} under protocol {run.protocol!r} "
+            f"(folds: {available})"
+        )
+    label_of = dict(zip(manifest["utt_id"], manifest["label"]))
+    index = {c: i for i, c in enumerate(classes)}
+    all_clips = store.load_all()
+    splits = {}
+    for split in ("train", "val", "test"):
+        ids = rows.loc[rows["split"] == split, "utt_id"].tolist()
+        if not ids:
+            raise InputError(f"{run.dataset}, protocol {run.protocol}, fold {run.fold}: the {split} split is empty")
+        missing = [u for u in ids if u not in store.index]
+        if missing:
+            raise InputError(f"{store.path} lacks {len(missing)} utterances of the folds (e.g. {missing[:3]}): rebuild it")
+        splits[split] = SplitData(
+            clips=[all_clips[store.index[u]] for u in ids],
+            labels=np.array([index[label_of[u]] for u in ids], dtype=np.int64),
+            utt_ids=ids,
+        )
+    return splits
+
+
+def predictions_table(split: str, data: SplitData, logits: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "utt_id": data.utt_ids,
+        "split": split,
+        "label": [classes[i] for i in data.labels],
+        "prediction": [classes[i] for i in logits.argmax(1)],
+        "logits": list(logits.astype(np.float32)),
+    })
+
+
+def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, manifest: Path, folds: Path,
+                 out: Path) -> dict:
+    started = time.perf_counter()
+    classes = list(settings["classes"])
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    store = FeatureStore(str(features))
+    splits = load_splits(run, pd.read_parquet(manifest), pd.read_parquet(folds), store, classes)
+    model = build_model(checkpoint, classes, run, settings["lora"])
+    classifier = EmotionClassifier(model, legacy=settings["legacy"])
+    counts = parameter_counts(model)
+    select_on = settings["select_on"]
+    epochs = settings["epochs"] if run.method in TRAINED_METHODS else 0
+    run_key = config_hash({"run": run.id, "settings": settings})
+    resume_file = out / ".resume" / "state.pt"
+    state = train(classifier, splits["train"], splits[select_on], classes, {**settings, "epochs": epochs},
+                  run.seed, resume_file, run_key)
+
+    device = pick_device(settings["device"])
+    test_report, test_logits = evaluate(classifier, splits["test"], classes, settings, device)
+    val_report, val_logits = evaluate(classifier, splits["val"], classes, settings, device)
+    classifier.to("cpu")
+    with atomic_path(out / "weights", directory=True) as tmp:
+        save_weights(model, run.method, tmp)
+    write_table(out / "predictions.parquet", pd.concat([
+        predictions_table("val", splits["val"], val_logits, classes),
+        predictions_table("test", splits["test"], test_logits, classes),
+    ], ignore_index=True))
+    history = pd.DataFrame(state.history, columns=["epoch", "train_loss", "lr", f"{select_on}_uar",
+                                                   f"{select_on}_war", f"{select_on}_macro_f1", "seconds"])
+    write_table(out / "history.csv", history)
+    metrics = {
+        "run": run.id,
+        **{k: getattr(run, k) for k in ("dataset", "protocol", "model", "method", "targets", "rank", "seed", "fold")},
+        "test": test_report,
+        "val": val_report,
+        "best_epoch": state.best_epoch,
+        "epochs": epochs,
+        "selected_on": select_on if epochs else None,
+        "selected_on_test": bool(epochs) and select_on == "test",
+        **counts,
+        "n_train": len(splits["train"].clips),
+        "wall_seconds": time.perf_counter() - started,
+        "device": str(device),
+        "provenance": provenance("train", settings, run=run.id),
+    }
+    write_json(out / "metrics.json", metrics)
+    shutil.rmtree(out / ".resume", ignore_errors=True)
+    log.info("%s: test UAR %.4f WAR %.4f F1 %.4f (best epoch %d on %s)", run.id, test_report["uar"],
+             test_report["war"], test_report["macro_f1"], state.best_epoch, select_on)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = entry_parser("workflow_scripts.train.run", __doc__)
+    for name in ("dataset", "protocol", "model", "method", "targets"):
+        parser.add_argument(f"--{name}", required=True)
+    for name in ("rank", "seed", "fold"):
+        parser.add_argument(f"--{name}", required=True, type=int)
+    parser.add_argument("--checkpoint", required=True, help="results/models/{model}")
+    parser.add_argument("--features", required=True, help="results/features/{dataset}/logmel{n}.zarr")
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--folds", required=True)
+    parser.add_argument("--out", required=True, help="the run's folder")
+    args = parser.parse_args(argv)
+    run = Run.from_wildcards(vars(args))
+    settings = resolve_spec(args, lambda config: run_settings(config, run.dataset))
+    run_training(run, settings, Path(args.checkpoint), Path(args.features), Path(args.manifest),
+                 Path(args.folds), Path(args.out))
+
+
+if __name__ == "__main__":
+    run_main(main)
