@@ -35,7 +35,7 @@ MEL_BINS = sorted({spec["num_mel_bins"] for spec in config["models"].values()})
 # A conda job activates its own environment instead.
 _CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 # (Snakemake formats the prefix too, hence the doubled braces.)
-_prefix = "export PYTHONPATH=" + shlex.quote(workflow.basedir) + "${{PYTHONPATH:+:$PYTHONPATH}}; "
+_prefix = f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 if not _CONDA:
     _prefix += f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
 shell.prefix(_prefix)
@@ -79,7 +79,7 @@ def model_spec_json(wildcards):
     return as_json(config["models"][wildcards.model])
 
 
-RUN_DIR = "results/runs/" + RUN_PATTERN
+RUN_DIR = f"results/runs/{RUN_PATTERN}"
 
 
 def folds_of(dataset, protocol):

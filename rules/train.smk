@@ -8,15 +8,15 @@ rule train:
         manifest="results/data/{dataset}/manifest.parquet",
         folds="results/data/{dataset}/folds.parquet",
     output:
-        weights=directory(RUN_DIR + "/weights"),
-        metrics=RUN_DIR + "/metrics.json",
-        predictions=RUN_DIR + "/predictions.parquet",
-        history=RUN_DIR + "/history.csv",
+        weights=directory(f"{RUN_DIR}/weights"),
+        metrics=f"{RUN_DIR}/metrics.json",
+        predictions=f"{RUN_DIR}/predictions.parquet",
+        history=f"{RUN_DIR}/history.csv",
     params:
         spec=run_spec_json,
         out=RUN_DIR,
     log:
-        "results/logs/train/" + RUN_PATTERN + ".log",
+        f"results/logs/train/{RUN_PATTERN}.log",
     threads: 2
     resources:
         # Used by cluster profiles (profiles/slurm): a run wants one GPU there.

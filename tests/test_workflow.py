@@ -19,6 +19,8 @@ pytestmark = pytest.mark.workflow
 TINY = {
     "demo_corpus": {"speakers": 4, "utterances_per_speaker_per_emotion": 2},
     "models": {"tiny": {"source": "tiny_random", "layers": 2, "d_model": 32, "heads": 2, "ffn_dim": 64}},
+    "training": {"protocols": ["holdout"], "folds": "all", "methods": ["lora", "frozen"], "ranks": [4],
+                 "epochs": 1, "lr": 1e-3, "device": "cpu"},
     "datasets": {
         "demo": {"layout": "generic", "path": "results/demo_corpus", "classes": ["neutral", "happy", "angry", "sad"],
                  "folds": {"protocols": ["loso_speaker", "holdout"], "val_fraction": 0.3}},
@@ -42,7 +44,8 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool
 def jobs_run(result: subprocess.CompletedProcess) -> set[str]:
     """Names of the rules that a run executed (from Snakemake's log)."""
     text = result.stdout + result.stderr
-    return {line.split()[1].rstrip(":") for line in text.splitlines() if line.startswith(("rule ", "localrule "))}
+    return {line.split()[1].rstrip(":") for line in text.splitlines()
+            if line.startswith(("rule ", "localrule ", "checkpoint ", "localcheckpoint "))}
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +63,15 @@ def test_dry_run_of_the_default_config_lists_the_dag(tmp_path):
     result = subprocess.run([*SNAKEMAKE, "-n", "--directory", str(tmp_path), "--configfile",
                              str(REPO / "config" / "config.yaml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert {"demo_corpus", "manifest", "folds", "audio_cache", "features", "model", "all"} <= jobs_run(result)
+    assert {"demo_corpus", "manifest", "folds", "audio_cache", "features", "model", "train", "performance",
+            "all"} <= jobs_run(result)
     assert "results/models/whisper-base" in result.stdout
 
 
 def test_full_data_stage_then_incremental_rerun(workdir):
     first = snakemake(workdir, config=TINY)
-    assert jobs_run(first) >= {"demo_corpus", "manifest", "folds", "audio_cache", "features", "model"}
+    assert jobs_run(first) >= {"demo_corpus", "manifest", "folds", "audio_cache", "features", "model", "train",
+                               "performance"}
     data = workdir / "results" / "data" / "demo"
     manifest = pd.read_parquet(data / "manifest.parquet")
     assert len(manifest) == 32 and manifest["speaker"].nunique() == 4
@@ -84,15 +89,25 @@ def test_full_data_stage_then_incremental_rerun(workdir):
                 "features/demo_logmel80.log", "model/tiny.log"):
         assert (workdir / "results" / "logs" / log).is_file()
 
+    tables = workdir / "results" / "tables"
+    performance = pd.read_csv(tables / "performance.csv")
+    assert sorted(performance["method"]) == ["frozen", "lora"]
+    assert performance["runs"].tolist() == [1, 1]
+    assert "| demo | holdout | tiny | lora | q_proj, v_proj | 4 |" in (tables / "performance.md").read_text()
+    run = workdir / "results" / "runs" / "demo" / "holdout" / "tiny" / "lora" / "q_proj+v_proj" / "r4" / "seed0" / "fold1"
+    assert sorted(p.name for p in run.iterdir()) == ["history.csv", "metrics.json", "predictions.parquet", "weights"]
+
     again = snakemake(workdir)
     assert "Nothing to be done" in again.stdout + again.stderr
 
-    # Change one fold setting: only the folds are rebuilt.
-    changed = {**TINY, "datasets": {"demo": {**TINY["datasets"]["demo"],
-                                             "folds": {"protocols": ["loso_speaker"], "val_fraction": 0.3}}}}
-    rerun = snakemake(workdir, config=changed)
-    assert jobs_run(rerun) == {"folds", "all"}
-    assert pd.read_parquet(data / "folds.parquet")["protocol"].unique().tolist() == ["loso_speaker"]
+    # Scale the seeds: only the new seed's runs and the table are made; seed 0 is not touched.
+    before = (run / "metrics.json").stat().st_mtime_ns
+    more_seeds = {**TINY, "training": {**TINY["training"], "seeds": [0, 1]}}
+    rerun = snakemake(workdir, config=more_seeds)
+    assert jobs_run(rerun) == {"train", "performance", "all"}
+    assert rerun.stdout.count("rule train:") + rerun.stderr.count("rule train:") == 2
+    assert (run / "metrics.json").stat().st_mtime_ns == before
+    assert pd.read_csv(tables / "performance.csv")["runs"].tolist() == [2, 2]
 
 
 def test_user_config_replaces_the_default_datasets(tmp_path):
