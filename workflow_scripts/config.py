@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from workflow_scripts.errors import InputError, describe_offenders
@@ -23,6 +22,8 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
 def _with_defaults(validator_class):
     """A validator that also writes each property's ``default`` into the instance."""
+    import jsonschema
+
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -35,20 +36,21 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
 def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
+def _key_path(error) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
 def validate_config(config: dict, source: str = "config") -> dict:
     """Validate ``config`` in place (defaults filled in) and return it; raise :class:`InputError`."""
-    validator = _Validator(load_schema())
+    import jsonschema  # imported here so that the pure modules import without it
+
+    validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise InputError(

@@ -24,7 +24,6 @@ import logging
 import numpy as np
 import pandas as pd
 import torch
-import zarr
 
 from workflow_scripts.atomic import atomic_path
 from workflow_scripts.cli import entry_parser, run_main
@@ -80,6 +79,8 @@ class FeatureStoreWriter:
         self._written = 0
 
     def __enter__(self) -> "FeatureStoreWriter":
+        import zarr  # here, not at the top: collate() must import where only torch is installed
+
         self._atomic = atomic_path(self.path, directory=True)
         self._group = zarr.open_group(str(self._atomic.__enter__()), mode="w", zarr_format=3)
         self._mel = self._group.create_array(
@@ -128,6 +129,8 @@ class FeatureStore:
     """Read clips' log-mel frames back from a store written by :func:`write_feature_store`."""
 
     def __init__(self, path: str):
+        import zarr
+
         self.path = path
         group = zarr.open_group(path, mode="r")
         self.mel = group["mel"]
