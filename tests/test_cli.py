@@ -16,6 +16,8 @@ ENTRY_POINTS = [
     "workflow_scripts.features",
     "workflow_scripts.models.build",
     "workflow_scripts.models.convert",
+    "workflow_scripts.train.run",
+    "workflow_scripts.report.performance",
     "workflow_scripts.provenance",
 ]
 
