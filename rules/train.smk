@@ -19,7 +19,7 @@ rule train:
         f"results/logs/train/{RUN_PATTERN}.log",
     threads: 2
     resources:
-        # Used by cluster profiles (profiles/slurm): a run wants one GPU there.
+        # For cluster executors: a run of whisper-base or large-v2 fits these on one GPU node.
         runtime=240,
         mem_mb=16000,
     conda:

@@ -134,6 +134,28 @@ def test_frozen_trains_only_the_head(dataset, tmp_path):
     assert model.classifier.out_features == 4
 
 
+def test_full_fine_tuning_trains_every_weight_but_the_fixed_positions(dataset, tmp_path):
+    metrics = train_run(dataset, tmp_path / "full", method="full", targets="none", rank=0, epochs=1)
+    positions = 1500 * 32  # the sinusoidal table, frozen by Hugging Face
+    assert metrics["trainable_parameters"] == metrics["total_parameters"] - positions
+    assert (tmp_path / "full" / "weights" / "model.safetensors").is_file()
+    model = load_trained(tmp_path / "full" / "weights", dataset / "tiny", CLASSES, "full")
+    assert model.config.id2label[2] == "angry"
+
+
+def test_class_weights_known_answer():
+    from workflow_scripts.train.loop import class_weights
+
+    weights = class_weights(np.array([0, 0, 0, 1, 2, 2]), 4)
+    # counts 3, 1, 2, 0 (an absent class counts as 1): 6 / (4 x count)
+    torch.testing.assert_close(weights, torch.tensor([0.5, 1.5, 0.75, 1.5]))
+
+
+def test_class_weighted_run(dataset, tmp_path):
+    metrics = train_run(dataset, tmp_path / "weighted", class_weighted=True, epochs=1)
+    assert metrics["provenance"]["settings"]["class_weighted"] is True
+
+
 def test_untrained_references(dataset, tmp_path):
     init = train_run(dataset, tmp_path / "init", method="lora_init")
     random = train_run(dataset, tmp_path / "random", method="lora_random")

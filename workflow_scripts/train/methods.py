@@ -55,6 +55,9 @@ def build_model(checkpoint: str | Path, classes: list[str], run: Run, lora: dict
         model.freeze_encoder()
         return model
     if run.method == "full":
+        # Whisper's sinusoidal position table is fixed (WhisperEncoder freezes it at construction;
+        # loading a checkpoint makes it trainable again).
+        model.encoder.embed_positions.requires_grad_(False)
         return model
     if run.method not in LORA_METHODS:
         raise InputError(f"unknown training method {run.method!r}")
