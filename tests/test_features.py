@@ -69,7 +69,7 @@ def test_store_round_trip(tmp_path, extractor):
 def test_writer_failure_leaves_no_store(tmp_path):
     from workflow_scripts.features import FeatureStoreWriter
 
-    with pytest.raises(ValueError, match=r"u2: frames must be \[T, 80\]"):
+    with pytest.raises(ValueError, match=r"u2: rows must be \[n, 80\], got \(5, 40\)"):
         with FeatureStoreWriter(str(tmp_path / "f.zarr"), 80) as writer:
             writer.append("u1", np.zeros((5, 80), dtype=np.float32))
             writer.append("u2", np.zeros((5, 40), dtype=np.float32))

@@ -1,6 +1,7 @@
 """Whisper log-mel features, computed once per (dataset, number of mel bins) and cached in Zarr.
 
-Store layout (the reader and writer here are the only code that knows it):
+Store layout (a ragged store, see ``workflow_scripts.ragged``; this module and that one are the
+only code that knows it):
 
 ``mel``       float32 [total_frames, n_mels]  every clip's log-mel frames, in manifest order
 ``offsets``   int64   [n_clips + 1]           clip ``i`` is ``mel[offsets[i]:offsets[i+1]]``
@@ -25,10 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workflow_scripts.atomic import atomic_path
 from workflow_scripts.cli import entry_parser, run_main
 from workflow_scripts.errors import InputError
 from workflow_scripts.provenance import provenance
+from workflow_scripts.ragged import RaggedReader, RaggedWriter
 
 log = logging.getLogger(__name__)
 
@@ -64,54 +65,13 @@ def clip_features(extractor, samples: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(features[:, :n_frames].T, dtype=np.float32)
 
 
-class FeatureStoreWriter:
-    """Append clips' frames to a new store, in order; the store appears only on success.
-
-    >>> with FeatureStoreWriter("logmel80.zarr", n_mels=80) as writer:   # doctest: +SKIP
-    ...     writer.append("utt1", frames)
-    """
+class FeatureStoreWriter(RaggedWriter):
+    """Append clips' frames to a new log-mel store, in order; the store appears only on success."""
 
     def __init__(self, path: str, n_mels: int, record: dict | None = None):
-        self.path, self.n_mels, self.record = path, n_mels, record or {}
-        self.utt_ids: list[str] = []
-        self.offsets = [0]
-        self._pending: list[np.ndarray] = []
-        self._written = 0
-
-    def __enter__(self) -> "FeatureStoreWriter":
-        import zarr  # here, not at the top: collate() must import where only torch is installed
-
-        self._atomic = atomic_path(self.path, directory=True)
-        self._group = zarr.open_group(str(self._atomic.__enter__()), mode="w", zarr_format=3)
-        self._mel = self._group.create_array(
-            "mel", shape=(0, self.n_mels), chunks=(CHUNK_FRAMES, self.n_mels), dtype="float32", fill_value=0.0
-        )
-        return self
-
-    def append(self, utt_id: str, frames: np.ndarray) -> None:
-        if frames.ndim != 2 or frames.shape[1] != self.n_mels:
-            raise ValueError(f"{utt_id}: frames must be [T, {self.n_mels}], got {frames.shape}")
-        self.utt_ids.append(utt_id)
-        self.offsets.append(self.offsets[-1] + len(frames))
-        self._pending.append(frames.astype(np.float32, copy=False))
-        if self.offsets[-1] - self._written >= CHUNK_FRAMES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            end = self.offsets[-1]
-            self._mel.resize((end, self.n_mels))
-            self._mel[self._written : end] = np.concatenate(self._pending)
-            self._written, self._pending = end, []
-
-    def __exit__(self, kind, error, trace) -> bool:
-        if kind is None:
-            self._flush()
-            offsets = np.asarray(self.offsets, dtype=np.int64)
-            self._group.create_array("offsets", data=offsets, chunks=(len(offsets),))
-            self._group.attrs.update({"n_mels": self.n_mels, "hop_length": HOP_LENGTH, "sample_rate": 16000,
-                                      "utt_ids": self.utt_ids, "provenance": self.record})
-        return self._atomic.__exit__(kind, error, trace)
+        super().__init__(path, "mel", (n_mels,), chunk_rows=CHUNK_FRAMES)
+        self.attrs.update({"n_mels": n_mels, "hop_length": HOP_LENGTH, "sample_rate": 16000,
+                           "provenance": record or {}})
 
 
 def write_feature_store(path: str, audio_store, n_mels: int, record: dict | None = None) -> dict:
@@ -125,33 +85,15 @@ def write_feature_store(path: str, audio_store, n_mels: int, record: dict | None
     return {"clips": len(writer.utt_ids), "frames": int(writer.offsets[-1])}
 
 
-class FeatureStore:
+class FeatureStore(RaggedReader):
     """Read clips' log-mel frames back from a store written by :func:`write_feature_store`."""
 
     def __init__(self, path: str):
-        import zarr
-
-        self.path = path
-        group = zarr.open_group(path, mode="r")
-        self.mel = group["mel"]
-        self.offsets = group["offsets"][:]
-        self.n_mels = int(group.attrs["n_mels"])
-        self.utt_ids = list(group.attrs["utt_ids"])
-        self.index = {utt: i for i, utt in enumerate(self.utt_ids)}
-
-    def __len__(self) -> int:
-        return len(self.utt_ids)
+        super().__init__(path, "mel")
+        self.n_mels = int(self.attrs["n_mels"])
 
     def frames(self, index: int) -> int:
-        return int(self.offsets[index + 1] - self.offsets[index])
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self.mel[int(self.offsets[index]) : int(self.offsets[index + 1])]
-
-    def load_all(self) -> list[np.ndarray]:
-        """Every clip's frames, read in one pass (a dataset's features fit in memory)."""
-        everything = self.mel[:]
-        return [everything[self.offsets[i] : self.offsets[i + 1]] for i in range(len(self))]
+        return self.length(index)
 
 
 def collate(clips: list[np.ndarray], max_frames: int, legacy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

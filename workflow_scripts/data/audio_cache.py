@@ -1,6 +1,7 @@
 """The decoded audio of one dataset, resampled once, in one chunked Zarr store.
 
-Store layout (Zarr v3; the reader and writer here are the only code that knows it):
+Store layout (a ragged store, see ``workflow_scripts.ragged``; this module and that one are the
+only code that knows it):
 
 ``samples``   float32 [total_samples]   every clip at ``sample_rate``, concatenated in manifest order
 ``offsets``   int64   [n_clips + 1]     clip ``i`` is ``samples[offsets[i]:offsets[i+1]]``
@@ -16,41 +17,26 @@ import logging
 
 import numpy as np
 import pandas as pd
-import zarr
 
-from workflow_scripts.atomic import atomic_path
 from workflow_scripts.cli import entry_parser, resolve_spec, run_main
 from workflow_scripts.data.audio import read_clip, resample
 from workflow_scripts.errors import InputError, describe_offenders
 from workflow_scripts.provenance import provenance
+from workflow_scripts.ragged import RaggedReader, RaggedWriter
 
 log = logging.getLogger(__name__)
 
 CHUNK_SAMPLES = 1 << 20  # 4 MiB float32 chunks: few files, cheap partial reads
-BLOCK_CLIPS = 64  # clips decoded per write, to bound memory
 
 
 def write_audio_store(
     path: str, manifest: pd.DataFrame, sample_rate: int, max_seconds: float, record: dict | None = None
 ) -> dict:
     """Decode, resample and store every clip of ``manifest``; return a short summary."""
-    with atomic_path(path, directory=True) as tmp:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        samples = group.create_array(
-            "samples", shape=(0,), chunks=(CHUNK_SAMPLES,), dtype="float32", fill_value=0.0
-        )
-        offsets = np.zeros(len(manifest) + 1, dtype=np.int64)
-        sources = manifest["source"].tolist()
-        for start in range(0, len(sources), BLOCK_CLIPS):
-            block = [resample(*read_clip(s), sample_rate) for s in sources[start : start + BLOCK_CLIPS]]
-            lengths = np.array([clip.size for clip in block], dtype=np.int64)
-            offsets[start + 1 : start + 1 + len(block)] = offsets[start] + np.cumsum(lengths)
-            end = int(offsets[start + len(block)])
-            samples.resize((end,))
-            samples[int(offsets[start]) : end] = np.concatenate(block)
-        group.create_array("offsets", data=offsets, chunks=(max(1, len(offsets)),))
-
-        seconds = np.diff(offsets) / sample_rate
+    with RaggedWriter(path, "samples", (), chunk_rows=CHUNK_SAMPLES) as writer:
+        for utt_id, source in zip(manifest["utt_id"], manifest["source"]):
+            writer.append(utt_id, resample(*read_clip(source), sample_rate))
+        seconds = np.diff(writer.offsets) / sample_rate
         long_clips = manifest.loc[seconds > max_seconds, "utt_id"].tolist()
         if long_clips:
             log.warning(
@@ -60,35 +46,18 @@ def write_audio_store(
                     long_clips,
                 )
             )
-        group.attrs.update(
-            {
-                "sample_rate": sample_rate,
-                "utt_ids": manifest["utt_id"].tolist(),
-                "max_seconds": max_seconds,
-                "long_clips": long_clips,
-                "provenance": record or {},
-            }
-        )
+        writer.attrs.update({"sample_rate": sample_rate, "max_seconds": max_seconds,
+                             "long_clips": long_clips, "provenance": record or {}})
     return {"clips": len(manifest), "hours": float(seconds.sum() / 3600), "long_clips": len(long_clips)}
 
 
-class AudioStore:
+class AudioStore(RaggedReader):
     """Read clips back from a store written by :func:`write_audio_store`."""
 
     def __init__(self, path: str):
-        self.path = path
-        group = zarr.open_group(path, mode="r")
-        self.samples = group["samples"]
-        self.offsets = group["offsets"][:]
-        self.sample_rate = int(group.attrs["sample_rate"])
-        self.utt_ids = list(group.attrs["utt_ids"])
-        self.long_clips = list(group.attrs["long_clips"])
-
-    def __len__(self) -> int:
-        return len(self.utt_ids)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self.samples[int(self.offsets[index]) : int(self.offsets[index + 1])]
+        super().__init__(path, "samples")
+        self.sample_rate = int(self.attrs["sample_rate"])
+        self.long_clips = list(self.attrs["long_clips"])
 
     def check_matches(self, manifest: pd.DataFrame) -> None:
         """Refuse a store that was written for another manifest (stale cache)."""
