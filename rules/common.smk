@@ -13,6 +13,7 @@ sys.path.insert(0, workflow.basedir)
 import pandas as pd
 
 from workflow_scripts.config import validate_config
+from workflow_scripts.data.folds import PROTOCOLS
 from workflow_scripts.runs import (
     METHODS,
     RUN_PATTERN,
@@ -42,10 +43,10 @@ shell.prefix(_prefix)
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
+    dataset="|".join(re.escape(d) for d in DATASETS),
     model="|".join(re.escape(m) for m in MODELS),
     n_mels=r"\d+",
-    protocol="loso_session|loso_speaker|legacy_dialog10|holdout|predefined",
+    protocol="|".join(PROTOCOLS),
     method="|".join(METHODS),
     targets=r"[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*",
     rank=r"\d+",

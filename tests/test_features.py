@@ -61,7 +61,7 @@ def test_store_round_trip(tmp_path, extractor):
     summary = write_feature_store(str(tmp_path / "logmel80.zarr"), audio, 80)
     store = FeatureStore(str(tmp_path / "logmel80.zarr"))
     assert summary == {"clips": 2, "frames": 52 + 129}  # ceil((8000 + 200) / 160), ceil((20320 + 200) / 160)
-    assert store.utt_ids == ["a", "b"] and store.n_mels == 80 and store.frames(1) == 129
+    assert store.utt_ids == ["a", "b"] and store.n_mels == 80 and store.length(1) == 129
     np.testing.assert_array_equal(store[1], clip_features(extractor, audio[1]))
     assert [c.shape for c in store.load_all()] == [(52, 80), (129, 80)]
 

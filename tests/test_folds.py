@@ -116,3 +116,23 @@ def test_predefined_folds_follow_the_source():
     folds = make_folds(manifest, "predefined", {}, "k")
     test1 = folds[(folds.fold == 1) & (folds.split == "test")]["utt_id"]
     assert set(test1) == set(manifest.loc[manifest.session == "Ses01", "utt_id"])
+
+
+def test_a_single_validation_speaker_is_not_always_the_same_gender():
+    rows = [{"utt_id": f"s{s}_{label}_{k}", "speaker": f"s{s}", "gender": "FM"[s % 2], "label": label,
+             "session": pd.NA} for s in range(8) for label in CLASSES for k in range(2)]
+    manifest = pd.DataFrame(rows)
+    genders = set()
+    for seed in range(3):
+        folds = make_folds(manifest, "loso_speaker", {"val_fraction": 0.2, "seed": seed}, "k")
+        val = folds[folds.split == "val"].merge(manifest, on="utt_id")
+        assert (val.groupby("fold")["speaker"].nunique() == 1).all()  # round(0.2 x 7) = 1
+        genders |= set(val["gender"])
+    assert genders == {"F", "M"}
+
+
+def test_predefined_folds_keep_the_corpus_fold_numbers():
+    manifest = iemocap_like_manifest()
+    manifest["source_fold"] = manifest["session"].map({"Ses01": 2, "Ses02": 5, "Ses03": 7, "Ses04": 9, "Ses05": 11})
+    folds = make_folds(manifest, "predefined", {}, "k")
+    assert sorted(folds["fold"].unique()) == [2, 5, 7, 9, 11]

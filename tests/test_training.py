@@ -88,6 +88,24 @@ def test_lora_run_writes_every_output(lora_run):
     assert predictions["split"].value_counts().to_dict() == {"val": 16, "test": 16}
 
 
+def test_parameter_counts_leave_out_peft_s_copy_of_the_head(lora_run, dataset):
+    from workflow_scripts.models.build import load_classifier
+
+    base = sum(p.numel() for p in load_classifier(dataset / "tiny", CLASSES).parameters())
+    lora = 2 * 2 * 4 * (32 + 32)  # 2 layers x (q_proj, v_proj) x rank 4 x (in + out)
+    assert lora_run[1]["total_parameters"] == base + lora
+
+
+def test_a_changed_input_invalidates_a_resume_state(dataset, tmp_path):
+    from workflow_scripts.train.run import input_fingerprint
+
+    folds = tmp_path / "folds.parquet"
+    folds.write_bytes((dataset / "folds.parquet").read_bytes())
+    before = input_fingerprint([dataset / "tiny", folds])
+    os.utime(folds, ns=(1, 1))
+    assert input_fingerprint([dataset / "tiny", folds]) != before
+
+
 def test_lora_learns_the_synthetic_task(lora_run):
     assert lora_run[1]["test"]["uar"] >= 0.5  # chance is 0.25
 

@@ -92,8 +92,10 @@ class FeatureStore(RaggedReader):
         super().__init__(path, "mel")
         self.n_mels = int(self.attrs["n_mels"])
 
-    def frames(self, index: int) -> int:
-        return self.length(index)
+
+def max_frames_of(seconds: float) -> int:
+    """Mel frames in ``seconds`` (the crop cap ``audio.max_seconds``)."""
+    return int(seconds * FRAMES_PER_SECOND)
 
 
 def collate(clips: list[np.ndarray], max_frames: int, legacy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -390,8 +390,9 @@ def synthesize(espeak: str, voice: str, prosody: Prosody, sentence: str, wav: Pa
 
 def synthesis_threads() -> int:
     # espeak-ng runs in a subprocess, so threads overlap fine (the GIL is released while they
-    # wait); a couple per core keeps the CPUs busy while files are written.
-    return max(2, min(8, 2 * (os.cpu_count() or 1)))
+    # wait). Snakemake sets OMP_NUM_THREADS to the job's threads: stay within them.
+    cores = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    return max(1, min(8, cores))
 
 
 def synthesize_all(espeak: str, plan: Sequence[Utterance], root: Path) -> None:

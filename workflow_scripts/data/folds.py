@@ -57,10 +57,15 @@ def _require_column(manifest: pd.DataFrame, column: str, protocol: str, key: str
 
 
 def _pick_units(units: pd.DataFrame, count: int, rng: np.random.Generator) -> list[str]:
-    """Pick ``count`` units at random, alternating between genders when genders are known."""
+    """Pick ``count`` units at random, alternating between genders when genders are known
+    (which gender comes first is random too, so an odd count is not always one gender)."""
     order = units.sample(frac=1.0, random_state=rng).copy()
-    order["rank"] = order.groupby(order["gender"].fillna("?")).cumcount()
-    return order.sort_values(["rank", "gender"], kind="stable")["unit"].head(count).tolist()
+    gender = order["gender"].fillna("?")
+    order["rank"] = order.groupby(gender).cumcount()
+    genders = sorted(gender.unique())
+    first = dict(zip(genders, rng.permutation(len(genders))))
+    order["gender_order"] = gender.map(first)
+    return order.sort_values(["rank", "gender_order"], kind="stable")["unit"].head(count).tolist()
 
 
 def _unit_table(manifest: pd.DataFrame, unit: str) -> pd.DataFrame:
@@ -71,15 +76,18 @@ def _unit_table(manifest: pd.DataFrame, unit: str) -> pd.DataFrame:
     return table.rename_axis("unit").reset_index().sort_values("unit", kind="stable")
 
 
-def held_out_units(manifest: pd.DataFrame, protocol: str, spec: dict) -> list[list[str]]:
-    """The held-out unit values of each fold, in fold order (fold numbers start at 1)."""
+def held_out_units(manifest: pd.DataFrame, protocol: str, spec: dict) -> list[tuple[int, list]]:
+    """``(fold number, held-out unit values)`` of each fold. Folds are numbered from 1 in the
+    sorted order of the held-out units, except ``predefined``, which keeps the corpus's own."""
     unit = _TEST_UNIT[protocol]
     values = sorted(manifest[unit].dropna().unique().tolist())
+    if protocol == "predefined":
+        return [(int(value), [value]) for value in values]
     if protocol != "holdout":
-        return [[value] for value in values]
+        return [(fold, [value]) for fold, value in enumerate(values, start=1)]
     rng = np.random.default_rng(spec.get("seed", 0))
     n_test = max(1, round(spec.get("holdout_test_fraction", 0.2) * len(values)))
-    return [_pick_units(_unit_table(manifest, unit), n_test, rng)]
+    return [(1, _pick_units(_unit_table(manifest, unit), n_test, rng))]
 
 
 def make_folds(manifest: pd.DataFrame, protocol: str, spec: dict, key: str) -> pd.DataFrame:
@@ -94,7 +102,7 @@ def make_folds(manifest: pd.DataFrame, protocol: str, spec: dict, key: str) -> p
     seed = spec.get("seed", 0)
 
     frames = []
-    for fold, held_out in enumerate(held_out_units(manifest, protocol, spec), start=1):
+    for fold, held_out in held_out_units(manifest, protocol, spec):
         is_test = manifest[test_unit].isin(held_out)
         train_pool = manifest.loc[~is_test]
         if protocol != "legacy_dialog10":

@@ -26,11 +26,11 @@ from workflow_scripts.atomic import atomic_path
 from workflow_scripts.cli import entry_parser, resolve_spec, run_main
 from workflow_scripts.config import named_spec
 from workflow_scripts.errors import InputError
+from workflow_scripts.models.convert import PROVENANCE_FILE
 from workflow_scripts.provenance import provenance
 
 log = logging.getLogger(__name__)
 
-PROVENANCE_FILE = "loralens_provenance.json"
 # init_std 0.1 rather than Hugging Face's 0.02: at d_model 64 the smaller weights leave the
 # pooled encoder output almost constant, so a tiny model could not learn even an easy task.
 TINY_DEFAULTS = {"layers": 2, "d_model": 64, "heads": 2, "ffn_dim": 128, "init_std": 0.1, "seed": 0}
@@ -97,7 +97,8 @@ def _offline_whisper_base(spec: dict, out: Path) -> dict:
     from workflow_scripts.models import convert
 
     files = convert.whisper_base_package_files()
-    return convert.convert_files_into(files, out)
+    details = convert.convert_files_into(files, out)
+    return {**details, "packages": convert.package_versions_of(list(convert.WHISPER_BASE_PACKAGES))}
 
 
 def build_checkpoint(name: str, spec: dict, out_dir: str | Path) -> None:

@@ -4,8 +4,9 @@ Hugging Face's ``WhisperEncoder.forward`` refuses any input that is not exactly 
 the whole 1500-row position table. Rather than mutating the model per batch (its config, its
 table), :func:`encode` runs the encoder's own submodules -- ``conv1``, ``conv2``,
 ``embed_positions``, ``layers``, ``layer_norm`` -- on the batch as it is, adding only the first
-``T`` rows of the position table. It relies on nothing but those submodule names and the
-layer call ``layer(hidden, attention_mask)``; ``tests/test_encoder.py`` pins that the result
+``T`` rows of the position table. It relies on those submodule names, the layer call
+``layer(hidden, attention_mask)`` and the encoder's ``dropout``; it does not implement
+LayerDrop (``encoder_layerdrop``, 0 in every released Whisper) and refuses to train with it; ``tests/test_encoder.py`` pins that the result
 equals Hugging Face's forward on 30-s input, so an upgrade that changes the internals fails a
 test instead of silently changing results.
 
@@ -45,6 +46,8 @@ def encode(encoder: nn.Module, features: torch.Tensor, mel_mask: torch.Tensor | 
     Returns ``(hidden [B, T/2, d], frame_mask [B, T/2])``, ``hidden`` after the final LayerNorm.
     With ``mel_mask=None`` nothing is masked (the original 30-s behaviour).
     """
+    if encoder.training and encoder.layerdrop > 0:
+        raise InputError("encoder_layerdrop > 0 is not supported (no released Whisper uses it)")
     length = features.shape[-1]
     positions = encoder.embed_positions.weight
     if length > 2 * positions.shape[0]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from workflow_scripts.features import collate
+from workflow_scripts.features import collate, max_frames_of
 from workflow_scripts.metrics import classification_report
 from workflow_scripts.models.encoder import EmotionClassifier
 from workflow_scripts.train.batches import evaluation_batches, training_batches
@@ -66,7 +66,7 @@ def predict(classifier: EmotionClassifier, data: SplitData, settings: dict, devi
     """Logits ``[N, C]`` (float32) for every clip of ``data``, in ``data`` order."""
     classifier.eval()
     logits = [None] * len(data.clips)
-    max_frames = int(settings["max_seconds"] * 100)
+    max_frames = max_frames_of(settings["max_seconds"])
     with torch.inference_mode():
         for batch in evaluation_batches(data.lengths, settings["eval_batch_size"]):
             features, mask = collate([data.clips[i] for i in batch], max_frames, settings["legacy"])
@@ -87,6 +87,14 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     counts = np.bincount(labels, minlength=n_classes).astype(float)
     weights = counts.sum() / (n_classes * np.maximum(counts, 1.0))
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def load_parameters(classifier: torch.nn.Module, parameters: dict) -> None:
+    """Load saved trainable parameters; refuse names the model does not have (loading nothing
+    silently would score untrained weights)."""
+    result = classifier.load_state_dict(parameters, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"saved parameters do not fit the model: {result.unexpected_keys[:5]}")
 
 
 def _save_resume(path: Path, payload: dict) -> None:
@@ -115,9 +123,10 @@ def train(
     steps_per_epoch = -(-batches_per_epoch // settings["grad_accum"])
     total_steps = max(1, settings["epochs"] * steps_per_epoch)
     warmup = int(settings["warmup_ratio"] * total_steps)
-    # Linear warm-up, then linear decay to 0 (the Hugging Face Trainer's default schedule).
+    # Linear warm-up from 0, then linear decay to 0: the Hugging Face Trainer's default
+    # schedule (transformers.get_linear_schedule_with_warmup).
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
+        optimizer, lambda step: step / max(1, warmup) if step < warmup
         else max(0.0, (total_steps - step) / max(1, total_steps - warmup)),
     )
     weight = class_weights(train_data.labels, len(classes)).to(device) if settings["class_weighted"] else None
@@ -127,7 +136,7 @@ def train(
     if resume_file.is_file():
         saved = torch.load(resume_file, map_location="cpu", weights_only=False)
         if saved["run_key"] == run_key:
-            classifier.load_state_dict(saved["parameters"], strict=False)
+            load_parameters(classifier, saved["parameters"])
             optimizer.load_state_dict(saved["optimizer"])
             schedule.load_state_dict(saved["schedule"])
             torch.set_rng_state(saved["torch_rng"])
@@ -140,7 +149,7 @@ def train(
 
     if state.epoch == 0 and settings["epochs"] == 0:
         state.best_parameters = trainable_state(classifier)
-    max_frames = int(settings["max_seconds"] * 100)
+    max_frames = max_frames_of(settings["max_seconds"])
     for epoch in range(state.epoch + 1, settings["epochs"] + 1):
         started = time.perf_counter()
         classifier.train()
@@ -179,5 +188,5 @@ def train(
             "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None, "state": state,
         })
-    classifier.load_state_dict(state.best_parameters, strict=False)
+    load_parameters(classifier, state.best_parameters)
     return state

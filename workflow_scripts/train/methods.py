@@ -82,8 +82,11 @@ def build_model(checkpoint: str | Path, classes: list[str], run: Run, lora: dict
 
 
 def parameter_counts(model: nn.Module) -> dict:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable_parameters": trainable, "total_parameters": sum(p.numel() for p in model.parameters())}
+    """Trainable and total parameters; peft's untouched copy of the head (``original_module``,
+    kept beside the trained one by ``modules_to_save``) is not counted."""
+    parameters = [(n, p) for n, p in model.named_parameters() if "original_module" not in n]
+    return {"trainable_parameters": sum(p.numel() for _, p in parameters if p.requires_grad),
+            "total_parameters": sum(p.numel() for _, p in parameters)}
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -29,7 +29,6 @@ from workflow_scripts.cli import entry_parser, resolve_spec, run_main
 from workflow_scripts.config import config_hash
 from workflow_scripts.errors import InputError
 from workflow_scripts.features import FeatureStore
-from workflow_scripts.metrics import classification_report
 from workflow_scripts.models.encoder import EmotionClassifier
 from workflow_scripts.provenance import provenance
 from workflow_scripts.runs import TRAINED_METHODS, Run, run_settings
@@ -68,6 +67,17 @@ def load_splits(run: Run, manifest: pd.DataFrame, folds: pd.DataFrame, store: Fe
     return splits
 
 
+def input_fingerprint(paths: list[Path]) -> list:
+    """Name, size and modification time of each input (the top level of a folder): any rebuild
+    of an input changes it."""
+    entries = []
+    for path in paths:
+        for item in sorted(path.iterdir()) if path.is_dir() else [path]:
+            stat = item.stat()
+            entries.append([str(item), stat.st_size, stat.st_mtime_ns])
+    return entries
+
+
 def predictions_table(split: str, data: SplitData, logits: np.ndarray, classes: list[str]) -> pd.DataFrame:
     return pd.DataFrame({
         "utt_id": data.utt_ids,
@@ -90,7 +100,9 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
     counts = parameter_counts(model)
     select_on = settings["select_on"]
     epochs = settings["epochs"] if run.method in TRAINED_METHODS else 0
-    run_key = config_hash({"run": run.id, "settings": settings})
+    # A leftover resume state is used only if neither the settings nor any input changed.
+    run_key = config_hash({"run": run.id, "settings": settings,
+                           "inputs": input_fingerprint([checkpoint, features, manifest, folds])})
     resume_file = out / ".resume" / "state.pt"
     state = train(classifier, splits["train"], splits[select_on], classes, {**settings, "epochs": epochs},
                   run.seed, resume_file, run_key)

@@ -34,6 +34,20 @@ import pandas as pd
 from workflow_scripts.errors import InputError
 
 SCAN_COLUMNS = ["utt_id", "source", "speaker", "session", "gender", "raw_label"]
+
+#: How corpora spell genders -> the manifest's "F" / "M".
+GENDER_SPELLINGS = {"f": "F", "female": "F", "m": "M", "male": "M"}
+
+#: IEMOCAP's label codes and common spellings of the 4 classes, as metadata-based layouts
+#: (Hugging Face datasets, EmoBox) carry them; the other IEMOCAP codes are dropped as in the
+#: standard 4-class protocol.
+IEMOCAP_LABEL_SPELLINGS: dict[str, str | None] = {
+    **dict.fromkeys(["ang", "anger", "angry"], "angry"),
+    **dict.fromkeys(["hap", "happy", "happiness", "exc", "excited"], "happy"),
+    **dict.fromkeys(["neu", "neutral"], "neutral"),
+    **dict.fromkeys(["sad", "sadness"], "sad"),
+    **dict.fromkeys(["fru", "sur", "fea", "dis", "oth", "xxx"], None),
+}
 OPTIONAL_COLUMNS = ["group", "source_fold"]
 
 #: layout name in the config -> module under this package

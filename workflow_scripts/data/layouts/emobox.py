@@ -36,17 +36,14 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from workflow_scripts.data.layouts import finish_scan
-from workflow_scripts.data.layouts.hf_dataset import DEFAULT_LABEL_MAP as _COMMON_SPELLINGS
+from workflow_scripts.data.layouts import GENDER_SPELLINGS, IEMOCAP_LABEL_SPELLINGS, finish_scan
 from workflow_scripts.data.layouts.iemocap import parse_utterance_name
 from workflow_scripts.errors import InputError, describe_offenders, raise_if_any
 
 DESCRIPTION = "EmoBox metadata (<name>.jsonl + fold_<k>/<name>_test_fold_<k>.jsonl)"
 
 # EmoBox keeps the corpus's own label codes (IEMOCAP: neu, hap, ang, sad, exc).
-DEFAULT_LABEL_MAP: dict[str, str | None] = dict(_COMMON_SPELLINGS)
-
-_GENDER = {"f": "F", "female": "F", "m": "M", "male": "M"}
+DEFAULT_LABEL_MAP: dict[str, str | None] = dict(IEMOCAP_LABEL_SPELLINGS)
 log = logging.getLogger(__name__)
 
 
@@ -125,7 +122,7 @@ def _row(record: dict, base: Path) -> dict:
         "source": os.path.normpath(base / Path(wav).expanduser()),
         "speaker": parsed.get("speaker", None if speaker is None else str(speaker)),
         "session": record.get("session", parsed.get("session")),
-        "gender": _GENDER.get(str(gender).strip().lower(), "?") if gender else parsed.get("gender"),
+        "gender": GENDER_SPELLINGS.get(str(gender).strip().lower(), "?") if gender else parsed.get("gender"),
         "raw_label": str(record["emo"]),
         "group": parsed.get("group"),
         "listed_speaker": speaker,

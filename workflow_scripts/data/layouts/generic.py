@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.data.layouts import finish_scan
+from workflow_scripts.data.layouts import GENDER_SPELLINGS, finish_scan
 from workflow_scripts.errors import InputError, raise_if_any
 
 DESCRIPTION = "CSV/TSV manifest with columns path, label, speaker [, session, gender, utt_id]"
@@ -27,7 +27,6 @@ DESCRIPTION = "CSV/TSV manifest with columns path, label, speaker [, session, ge
 DEFAULT_LABEL_MAP: dict[str, str | None] = {}
 
 REQUIRED = ["path", "label", "speaker"]
-_GENDER = {"f": "F", "female": "F", "m": "M", "male": "M"}
 
 
 def _manifest_file(root: Path) -> Path:
@@ -40,6 +39,8 @@ def _manifest_file(root: Path) -> Path:
         raise InputError(
             f"{root} holds both manifest.csv and manifest.tsv: remove one, or set 'path' to the file"
         )
+    if not root.exists():
+        raise InputError(f"{root} does not exist: check the dataset's 'path' in the config")
     raise InputError(
         f"{root} has no manifest.csv or manifest.tsv: point the dataset's 'path' in the config at "
         "the manifest file, or at the folder holding it"
@@ -89,7 +90,7 @@ def scan(root: Path, options: dict) -> pd.DataFrame:
         hint="add a unique 'utt_id' column to the manifest (the default is the file name without extension)",
     )
     if "gender" in table:
-        frame["gender"] = table["gender"].str.lower().map(_GENDER)
+        frame["gender"] = table["gender"].str.lower().map(GENDER_SPELLINGS)
         bad = table["gender"].ne("") & frame["gender"].isna()
         raise_if_any(
             "{n} row(s) have a gender other than F/M/female/male or empty",

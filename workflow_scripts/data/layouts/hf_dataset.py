@@ -28,20 +28,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workflow_scripts.data.layouts import finish_scan
+from workflow_scripts.data.layouts import IEMOCAP_LABEL_SPELLINGS, finish_scan
 from workflow_scripts.data.layouts.iemocap import parse_utterance_name
 from workflow_scripts.errors import InputError, raise_if_any
 
 DESCRIPTION = "Hugging Face dataset (save_to_disk folder or Parquet) with IEMOCAP audio and a ClassLabel"
 
-DEFAULT_LABEL_MAP: dict[str, str | None] = {
-    **dict.fromkeys(["ang", "anger", "angry"], "angry"),
-    **dict.fromkeys(["hap", "happy", "happiness", "exc", "excited"], "happy"),
-    **dict.fromkeys(["neu", "neutral"], "neutral"),
-    **dict.fromkeys(["sad", "sadness"], "sad"),
-    # The rest of IEMOCAP's codes, dropped as in the standard 4-class protocol.
-    **dict.fromkeys(["fru", "sur", "fea", "dis", "oth", "xxx"], None),
-}
+DEFAULT_LABEL_MAP: dict[str, str | None] = dict(IEMOCAP_LABEL_SPELLINGS)
 
 
 def _names_from_metadata(metadata: dict | None) -> list[str] | None:
@@ -100,11 +93,10 @@ def _data_files(root: Path) -> list[tuple[Path, Path]]:
     if root.is_file():
         return [(root, root.parent)]
     if (root / "dataset_dict.json").is_file():
-        splits = json.loads((root / "dataset_dict.json").read_text())["splits"]
+        splits = _json_field(root / "dataset_dict.json", "splits")
         return [pair for split in splits for pair in _data_files(root / split)]
     if (root / "state.json").is_file():
-        state = json.loads((root / "state.json").read_text())
-        return [(root / f["filename"], root) for f in state["_data_files"]]
+        return [(root / f["filename"], root) for f in _json_field(root / "state.json", "_data_files")]
     files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("._"))
     if not files:
         raise InputError(
@@ -113,6 +105,17 @@ def _data_files(root: Path) -> list[tuple[Path, Path]]:
             "folder written by save_to_disk or at the Parquet files"
         )
     return [(f, f.parent) for f in files]
+
+
+def _json_field(path: Path, field: str):
+    """``field`` of a save_to_disk metadata file; a damaged file is an input error naming it."""
+    try:
+        return json.loads(path.read_text())[field]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputError(
+            f"{path} is damaged: expected JSON with a {field!r} entry ({type(error).__name__}: {error}); "
+            "write the dataset again with save_to_disk"
+        ) from error
 
 
 def _rows_of(file: Path, info_dir: Path, options: dict) -> list[dict]:
