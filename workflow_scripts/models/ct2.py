@@ -154,13 +154,16 @@ def read_variable(stream: PartStream) -> tuple[str, np.ndarray, str]:
     shape = stream.unpack(f"{rank}I") if rank else ()
     code, nbytes = stream.unpack("BI")
     if code not in DTYPES:
-        raise InputError(f"{stream.where} has dtype code {code}; expected one of {sorted(DTYPES)}")
+        raise InputError(
+            f"{describe_parts(stream.parts)}: {stream.where} has dtype code {code}; "
+            f"expected one of {sorted(DTYPES)}"
+        )
     dtype_name, dtype = DTYPES[code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes != expected:
         raise InputError(
-            f"{stream.where} claims {nbytes:,} bytes but shape {list(shape)} of {dtype_name} "
-            f"needs {expected:,}"
+            f"{describe_parts(stream.parts)}: {stream.where} claims {nbytes:,} bytes but shape "
+            f"{list(shape)} of {dtype_name} needs {expected:,}"
         )
     array = np.frombuffer(stream.read(nbytes), dtype=dtype).reshape(shape)
     if dtype_name == "bfloat16":
@@ -176,7 +179,8 @@ def read_aliases(stream: PartStream, names: set[str]) -> dict[str, str]:
         alias, target = stream.string(), stream.string()
         if target not in names:
             raise InputError(
-                f"model.bin alias {alias!r} points to {target!r}, which is not a stored variable"
+                f"{describe_parts(stream.parts)}: alias {alias!r} points to {target!r}, "
+                "which is not a stored variable"
             )
         aliases[alias] = target
     return aliases
