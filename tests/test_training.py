@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -176,7 +175,7 @@ def test_class_weighted_run(dataset, tmp_path):
 
 def test_untrained_references(dataset, tmp_path):
     init = train_run(dataset, tmp_path / "init", method="lora_init")
-    random = train_run(dataset, tmp_path / "random", method="lora_random")
+    train_run(dataset, tmp_path / "random", method="lora_random")
     assert init["epochs"] == 0 and init["selected_on"] is None
     assert pd.read_csv(tmp_path / "init" / "history.csv").empty
     init_model = load_trained(tmp_path / "init" / "weights", dataset / "tiny", CLASSES, "lora_init")

@@ -140,7 +140,7 @@ def check_class_coverage(folds: pd.DataFrame, manifest: pd.DataFrame, classes: l
         if label not in labels
     ]
     raise_if_any(
-        f"{{n}} fold splits lack a class, so a model could not be trained or scored on it",
+        "{n} fold splits lack a class, so a model could not be trained or scored on it",
         gaps,
         hint=f"Change {key}.folds (protocols, val_fraction) or drop the rare class in "
         f"{key}.label_map.",
