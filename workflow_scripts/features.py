@@ -13,9 +13,11 @@ centred on the frame) whose window overlaps the clip. They are computed by Huggi
 normalisation (clamp at max - 8, then (x + 4) / 4) takes its maximum per clip, and the silent
 rest of a 30-s window never holds that maximum, so the frames are identical to the first frames
 of the 30-s version (``tests/test_features.py`` pins this). Every later frame of the 30-s
-version has the value ``max - 2``, the clip's floor; :func:`collate` pads with exactly that
-value, so a batch padded to 30 s reproduces the original features bit for bit. (Only a clip
-longer than 30 s differs slightly: the original cut the waveform before normalising.)
+version is silence and holds the clip's floor, :func:`padding_floor`: ``max(clip_max - 2, -1.5)``
+with ``clip_max`` the clip's normalised maximum (``max - 2`` from the clamp at max - 8, ``-1.5``
+from the mel power's clamp at 1e-10, which wins for quiet clips). :func:`collate` pads with
+exactly that value, so a batch padded to 30 s reproduces the original features bit for bit.
+(Only a clip longer than 30 s differs slightly: the original cut the waveform before normalising.)
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ HOP_LENGTH = 160  # samples per frame at 16 kHz (Whisper's fixed STFT hop)
 HALF_WINDOW = 200  # half of the 400-sample STFT window
 FRAMES_PER_SECOND = 100
 WINDOW_FRAMES = 3000  # Whisper's 30-s input window
-FLOOR_BELOW_MAX = 2.0  # a silent frame after normalisation: (max - 8 + 4) / 4 = (max + 4) / 4 - 2
+# Hugging Face's WhisperFeatureExtractor computes x = log10(max(mel_power, 1e-10)), then
+# x = max(x, x.max() - 8) per clip, then (x + 4) / 4. The padding of a 30-s window is silence
+# (mel power 0), so padding_floor derives its value from these constants: a single offset below
+# the clip's maximum would miss the second regime, the 1e-10 clamp that quiet clips hit.
+LOG10_MEL_POWER_FLOOR = -10.0  # log10(1e-10): the log-mel of a silent frame before normalising
+DYNAMIC_RANGE = 8.0  # log10 units kept below the clip's maximum
+NORM_SHIFT, NORM_SCALE = 4.0, 4.0  # normalised = (log10 + NORM_SHIFT) / NORM_SCALE
 CHUNK_FRAMES = 8192
 
 
@@ -98,12 +106,25 @@ def max_frames_of(seconds: float) -> int:
     return int(seconds * FRAMES_PER_SECOND)
 
 
+def padding_floor(clip_max: float) -> float:
+    """The normalised value of a silent frame in a 30-s window whose clip peaks at ``clip_max``.
+
+    A silent frame's log-mel is ``log10(1e-10) = -10``, raised to the clip's ``max - 8`` when that
+    is higher; normalised, ``max(clip_max - 2, -1.5)``. The -1.5 wins once the clip's log-mel
+    maximum is below -2 (``clip_max`` < 0.5): quiet clips, e.g. a -50 dBFS tone.
+    """
+    below_max = clip_max - DYNAMIC_RANGE / NORM_SCALE
+    silence = (LOG10_MEL_POWER_FLOOR + NORM_SHIFT) / NORM_SCALE
+    return max(below_max, silence)
+
+
 def collate(clips: list[np.ndarray], max_frames: int, legacy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack clips into ``features [B, n_mels, T]`` and ``frame_mask [B, T]`` (True = real frame).
 
     By default ``T`` is the longest clip of the batch, capped at ``max_frames``; under ``legacy``
     every batch is padded or truncated to Whisper's 30-s window (3000 frames), as the original
-    code did. Each clip is padded with its own floor value, which is what a 30-s window holds.
+    code did. Each clip is padded with its own :func:`padding_floor`, which is what a 30-s window
+    holds.
     """
     longest = max(len(c) for c in clips)
     length = WINDOW_FRAMES if legacy else min(longest, max_frames)
@@ -114,7 +135,7 @@ def collate(clips: list[np.ndarray], max_frames: int, legacy: bool = False) -> t
     for row, clip in enumerate(clips):
         kept = min(len(clip), length)
         features[row, :kept] = clip[:kept]
-        features[row, kept:] = clip.max() - FLOOR_BELOW_MAX
+        features[row, kept:] = padding_floor(float(clip.max()))
         mask[row, :kept] = True
     return torch.from_numpy(features).transpose(1, 2).contiguous(), torch.from_numpy(mask)
 

@@ -5,6 +5,9 @@
   primary metric for imbalanced emotion corpora.
 * macro-F1 = mean over classes of 2 TP_c / (2 TP_c + FP_c + FN_c); a class that is never
   predicted and never present scores 0 (sklearn's ``zero_division=0``).
+
+Across runs, :func:`summarize_over_folds` treats the folds as the independent samples and the
+seeds as repeated measurements within a fold (see there).
 """
 
 from __future__ import annotations
@@ -57,8 +60,13 @@ def classification_report(labels, predictions, classes: list[str]) -> dict:
     }
 
 
-def summarize(values, confidence: float = 0.95) -> dict:
-    """Mean, sample std (ddof 1), population std (ddof 0, as the paper's np.std) and a t-interval."""
+def summarize(values, confidence: float = 0.95, bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict:
+    """Mean, sample std (ddof 1), population std (ddof 0, as the paper's np.std) and a t-interval.
+
+    The t-interval of the mean (df = n - 1) is clipped to ``bounds``, the range the values can
+    take: a metric in [0, 1] gets no interval end outside it. With ``n < 2`` the sample std and
+    the interval are NaN (the population std is 0).
+    """
     values = np.asarray(values, dtype=float)
     n = values.size
     mean = float(values.mean())
@@ -67,5 +75,36 @@ def summarize(values, confidence: float = 0.95) -> dict:
                 "ci_high": float("nan")}
     sem = values.std(ddof=1) / np.sqrt(n)
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1) * sem)
+    low, high = bounds
     return {"n": n, "mean": mean, "std": float(values.std(ddof=1)), "std_ddof0": float(values.std(ddof=0)),
-            "ci_low": mean - half, "ci_high": mean + half}
+            "ci_low": float(max(mean - half, low)), "ci_high": float(min(mean + half, high))}
+
+
+def summarize_over_folds(values, folds, confidence: float = 0.95,
+                         bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict:
+    """Summarize runs of one configuration over folds, with the seeds nested in the folds.
+
+    Runs that share a test fold share their test data, so their seeds are not independent
+    samples: pooling fold × seed runs would narrow the interval as seeds are added. Instead:
+
+    * each fold's seeds are averaged into a fold mean; ``mean``, ``std`` (ddof 1), ``std_ddof0``
+      and the t-interval (df = folds - 1, clipped to ``bounds``) are :func:`summarize` of the fold
+      means, every fold weighted equally; ``n`` is the number of folds;
+    * ``seed_std`` is the seed-to-seed spread, the pooled within-fold sample std:
+      ``sqrt(sum_f (k_f - 1) s_f^2 / sum_f (k_f - 1))`` with ``k_f`` seeds and within-fold sample
+      variance ``s_f^2`` in fold ``f``; with the same seeds in every fold that is
+      ``sqrt(mean over folds of s_f^2)``. NaN when no fold has two seeds.
+    """
+    values = np.asarray(values, dtype=float)
+    folds = np.asarray(folds)
+    if values.shape != folds.shape:
+        raise ValueError(f"{values.size} values but {folds.size} fold labels")
+    fold_means, squares, degrees = [], 0.0, 0
+    for fold in np.unique(folds):
+        in_fold = values[folds == fold]
+        fold_means.append(in_fold.mean())
+        squares += float(((in_fold - in_fold.mean()) ** 2).sum())
+        degrees += in_fold.size - 1
+    summary = summarize(fold_means, confidence, bounds)
+    summary["seed_std"] = float(np.sqrt(squares / degrees)) if degrees > 0 else float("nan")
+    return summary

@@ -1,9 +1,20 @@
 """The performance table: UAR, WAR and macro-F1 over folds and seeds, per configuration.
 
-One row per (dataset, protocol, model, method, targets, rank): the mean, the sample standard
-deviation (the population one, ``np.std`` as the original printed, is in the CSV too) and a
-95 % t-interval of the mean over every fold and seed that ran. Runs whose best epoch was picked
-on the test fold (``legacy``) are marked, since their numbers are optimistic.
+One row per (dataset, protocol, model, method, targets, rank) and selection metric. Folds are
+the independent samples; seeds are repeated runs on the same fold, so the seeds of each fold are
+averaged first (:func:`workflow_scripts.metrics.summarize_over_folds`). Per metric the table has
+the mean, the sample standard deviation and a 95 % t-interval of the mean over the fold means
+(df = folds - 1; the population std, ``np.std`` as the original printed, is in the CSV too),
+and the seed-to-seed spread (the pooled within-fold sample std across seeds).
+
+One rule for the interval, whatever the number of folds: the t-interval of the fold means,
+clipped to the metrics' range [0, 1]. With 2 or 3 folds it is wide, honestly so (a bootstrap over
+so few folds would not mean anything); with one fold there is none, and the markdown prints "—"
+for every quantity that needs two folds (or two seeds).
+
+Runs whose best epoch was picked on the test fold (``legacy``) are marked, since their numbers
+are optimistic, and so is a selection on a metric other than UAR (``select_metric`` in
+``metrics.json``; files that lack it selected on UAR).
 
 Writes ``performance.csv`` (every number) and ``performance.md`` (shaped like the paper's table).
 """
@@ -18,21 +29,29 @@ import pandas as pd
 
 from workflow_scripts.atomic import atomic_path, write_table
 from workflow_scripts.cli import entry_parser, run_main
-from workflow_scripts.metrics import summarize
+from workflow_scripts.errors import InputError
+from workflow_scripts.metrics import summarize_over_folds
 
 log = logging.getLogger(__name__)
 
 CONFIGURATION = ["dataset", "protocol", "model", "method", "targets", "rank"]
 METRICS = {"uar": "UAR", "war": "WAR", "macro_f1": "macro-F1"}
+METRIC_RANGE = (0.0, 1.0)  # every metric in METRICS is a proportion
+DEFAULT_SELECT_METRIC = "uar"  # what runs recorded before metrics.json carried select_metric used
+NOT_ESTIMABLE = "—"
 
 
 def collect(paths: list[str]) -> pd.DataFrame:
-    """One row per run: its configuration, seed, fold, test metrics and parameter counts."""
+    """One row per run: its configuration, selection metric, seed, fold, test metrics, parameter counts."""
     rows = []
     for path in paths:
         metrics = json.loads(Path(path).read_text())
+        select_metric = metrics.get("select_metric", DEFAULT_SELECT_METRIC)
+        if select_metric not in METRICS:
+            raise InputError(f"{path}: select_metric is {select_metric!r}; expected one of {sorted(METRICS)}")
         rows.append({
             **{k: metrics[k] for k in CONFIGURATION + ["seed", "fold"]},
+            "select_metric": select_metric,
             **{k: metrics["test"][k] for k in METRICS},
             "trainable_parameters": metrics["trainable_parameters"],
             "selected_on_test": metrics["selected_on_test"],
@@ -41,42 +60,59 @@ def collect(paths: list[str]) -> pd.DataFrame:
 
 
 def performance_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration and selection metric; per metric ``{metric}_{mean, std, std_ddof0,
+    ci_low, ci_high, seed_std}`` from :func:`summarize_over_folds` (the interval clipped to [0, 1])."""
     rows = []
-    for key, group in runs.groupby(CONFIGURATION, sort=True):
-        row = dict(zip(CONFIGURATION, key))
+    for key, group in runs.groupby(CONFIGURATION + ["select_metric"], sort=True):
+        row = dict(zip(CONFIGURATION + ["select_metric"], key))
         row.update({"runs": len(group), "seeds": group["seed"].nunique(), "folds": group["fold"].nunique(),
                     "trainable_parameters": int(group["trainable_parameters"].iloc[0]),
                     "selected_on_test": bool(group["selected_on_test"].any())})
         for metric in METRICS:
-            summary = summarize(group[metric])
+            summary = summarize_over_folds(group[metric], group["fold"], bounds=METRIC_RANGE)
             row.update({f"{metric}_{k}": v for k, v in summary.items() if k != "n"})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _number(value: float) -> str:
+    return NOT_ESTIMABLE if pd.isna(value) else f"{value:.3f}"
+
+
 def _cell(row: pd.Series, metric: str) -> str:
-    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-    if pd.isna(std):
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {std:.3f} [{row[f'{metric}_ci_low']:.3f}, {row[f'{metric}_ci_high']:.3f}]"
+    low, high = (_number(row[f"{metric}_ci_{end}"]) for end in ("low", "high"))
+    return f"{row[f'{metric}_mean']:.3f} ± {_number(row[f'{metric}_std'])} [{low}, {high}]"
+
+
+def _method(row: pd.Series) -> str:
+    """The method, marked when its best epoch was chosen on the test fold or not on UAR."""
+    by = "" if row["select_metric"] == DEFAULT_SELECT_METRIC else f" by {METRICS[row['select_metric']]}"
+    if row["selected_on_test"]:
+        return f"{row['method']} (selected on test{by})"
+    return f"{row['method']} (selected{by})" if by else row["method"]
 
 
 def markdown(table: pd.DataFrame) -> str:
     lines = [
         "| dataset | protocol | model | method | targets | rank | trainable params | runs (seeds × folds) | "
-        + " | ".join(METRICS.values()) + " |",
-        "|" + "---|" * (8 + len(METRICS)),
+        "folds in CI | " + " | ".join(METRICS.values()) + " | UAR seed std |",
+        "|" + "---|" * (10 + len(METRICS)),
     ]
     for _, row in table.iterrows():
-        method = row["method"] + (" (selected on test)" if row["selected_on_test"] else "")
         targets = "" if row["targets"] == "none" else row["targets"].replace("+", ", ")
         rank = "" if row["rank"] == 0 else str(row["rank"])
         lines.append(
-            f"| {row['dataset']} | {row['protocol']} | {row['model']} | {method} | {targets} | {rank} | "
-            f"{row['trainable_parameters']:,} | {row['runs']} ({row['seeds']} × {row['folds']}) | "
-            + " | ".join(_cell(row, m) for m in METRICS) + " |"
+            f"| {row['dataset']} | {row['protocol']} | {row['model']} | {_method(row)} | {targets} | {rank} | "
+            f"{row['trainable_parameters']:,} | {row['runs']} ({row['seeds']} × {row['folds']}) | {row['folds']} | "
+            + " | ".join(_cell(row, m) for m in METRICS) + f" | {_number(row['uar_seed_std'])} |"
         )
-    lines += ["", "Test-fold metrics: mean ± sample std [95 % t-interval of the mean] over folds and seeds."]
+    lines += [
+        "",
+        "Test-fold metrics: mean ± sample std [95 % t-interval of the mean, df = folds − 1, clipped to [0, 1]] "
+        "over the fold means, each fold's seeds averaged first; with 2–3 folds the interval is wide. "
+        "UAR seed std: the pooled within-fold sample std across seeds. "
+        f"{NOT_ESTIMABLE}: needs at least 2 folds (2 seeds for the seed std).",
+    ]
     return "\n".join(lines) + "\n"
 
 
