@@ -133,12 +133,21 @@ def test_folder_without_a_dataset_is_refused(tmp_path):
         scan(tmp_path, {})
 
 
-def test_duplicate_utterances_across_splits_are_refused(tmp_path):
+def test_duplicate_utterances_across_splits_are_refused_by_the_manifest_step(tmp_path):
+    from conftest import dataset_spec
+
+    from workflow_scripts.data.manifest import build_manifest
+
     make_hf_dataset_dict(
         tmp_path / "d", splits={"a": [("Ses01F_impro01_F000.wav", 0)], "b": [("Ses01F_impro01_F000.wav", 1)]}
     )
-    with pytest.raises(InputError, match="Ses01F_impro01_F000"):
-        scan(tmp_path / "d", {})
+    assert scan(tmp_path / "d", {})["utt_id"].tolist() == ["Ses01F_impro01_F000"] * 2
+    with pytest.raises(InputError) as error:
+        build_manifest("hf", dataset_spec(tmp_path / "d", layout="hf_dataset", classes=["angry", "happy"]))
+    message = str(error.value)
+    assert "2 rows of" in message and "share an utterance id" in message
+    for split in ("a", "b"):
+        assert f"Ses01F_impro01_F000: {tmp_path / 'd' / split}" in message
 
 
 def test_default_label_map_spellings():
