@@ -185,3 +185,11 @@ def test_default_label_map_covers_emobox_iemocap_codes():
         "sad": "sad",
         "exc": "happy",
     }
+
+
+def test_config_without_classes_is_refused_naming_the_key_and_layout(tmp_path):
+    from conftest import layout_spec
+
+    with pytest.raises(InputError, match=r"datasets\.x\.classes: required for layout 'emobox', "
+                                         r"which has no standard class set"):
+        layout_spec(tmp_path, "emobox")

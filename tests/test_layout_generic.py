@@ -103,3 +103,11 @@ def test_spreadsheet_byte_order_mark_and_short_rows(tmp_path):
     manifest.write_bytes("path,label,speaker\na.wav,angry,s1\nb.wav,sad\n".encode("utf-8-sig"))
     with pytest.raises(InputError, match=rf"have an empty 'speaker':\n  - {manifest}:3"):
         scan(tmp_path, {})
+
+
+def test_config_without_classes_is_refused_naming_the_key_and_layout(tmp_path):
+    from conftest import layout_spec
+
+    with pytest.raises(InputError, match=r"datasets\.x\.classes: required for layout 'generic', "
+                                         r"which has no standard class set"):
+        layout_spec(tmp_path, "generic")

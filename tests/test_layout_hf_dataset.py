@@ -171,3 +171,16 @@ def test_module_does_not_import_datasets(stores):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [sum(len(rows) for rows in HF_SPLITS.values()), False]
+
+
+def test_config_without_classes_gets_the_standard_four_and_builds_a_manifest(stores):
+    from conftest import layout_spec
+
+    from workflow_scripts.data.manifest import build_manifest
+
+    spec = layout_spec(stores["dict"], "hf_dataset")
+    assert spec["classes"] == ["angry", "happy", "neutral", "sad"]  # the paper's label order
+    # every default class is a target of the layout's standard map
+    assert set(spec["classes"]) == {c for c in DEFAULT_LABEL_MAP.values() if c}
+    manifest, _ = build_manifest("x", spec)
+    assert set(manifest["label"]) == set(spec["classes"])

@@ -90,3 +90,16 @@ def test_default_label_map_is_the_shared_four_classes():
         "disgust",
         "surprised",
     }
+
+
+def test_config_without_classes_gets_the_standard_four_and_builds_a_manifest(corpus):
+    from conftest import layout_spec
+
+    from workflow_scripts.data.manifest import build_manifest
+
+    spec = layout_spec(corpus, "ravdess", options={"vocal_channels": [1, 2]})
+    assert spec["classes"] == ["angry", "happy", "neutral", "sad"]  # the paper's label order
+    # every default class is a target of the layout's standard map
+    assert set(spec["classes"]) == {c for c in DEFAULT_LABEL_MAP.values() if c}
+    manifest, _ = build_manifest("x", spec)
+    assert set(manifest["label"]) == set(spec["classes"])

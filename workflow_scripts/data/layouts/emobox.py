@@ -44,6 +44,8 @@ DESCRIPTION = "EmoBox metadata (<name>.jsonl + fold_<k>/<name>_test_fold_<k>.jso
 
 # EmoBox keeps the corpus's own label codes (IEMOCAP: neu, hap, ang, sad, exc).
 DEFAULT_LABEL_MAP: dict[str, str | None] = dict(IEMOCAP_LABEL_SPELLINGS)
+# EmoBox holds many corpora, each with its own classes: the config must list them.
+DEFAULT_CLASSES: tuple[str, ...] | None = None
 log = logging.getLogger(__name__)
 
 

@@ -26,6 +26,7 @@ from workflow_scripts.errors import InputError, raise_if_any
 DESCRIPTION = "CSV/TSV manifest with columns path, label, speaker [, session, gender, utt_id]"
 
 DEFAULT_LABEL_MAP: dict[str, str | None] = {}
+DEFAULT_CLASSES: tuple[str, ...] | None = None  # any corpus: the config lists its classes
 
 REQUIRED = ["path", "label", "speaker"]
 

@@ -28,13 +28,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workflow_scripts.data.layouts import IEMOCAP_LABEL_SPELLINGS, finish_scan
+from workflow_scripts.data.layouts import FOUR_CLASSES, IEMOCAP_LABEL_SPELLINGS, finish_scan
 from workflow_scripts.data.layouts.iemocap import parse_utterance_name
 from workflow_scripts.errors import InputError, raise_if_any
 
 DESCRIPTION = "Hugging Face dataset (save_to_disk folder or Parquet) with IEMOCAP audio and a ClassLabel"
 
 DEFAULT_LABEL_MAP: dict[str, str | None] = dict(IEMOCAP_LABEL_SPELLINGS)
+# Only IEMOCAP file names are accepted (the speaker is read from them): IEMOCAP's 4 classes.
+DEFAULT_CLASSES: tuple[str, ...] | None = FOUR_CLASSES
 
 
 def _names_from_metadata(metadata: dict | None) -> list[str] | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.data.layouts import finish_scan
+from workflow_scripts.data.layouts import FOUR_CLASSES, finish_scan
 from workflow_scripts.errors import InputError, raise_if_any
 
 DESCRIPTION = "RAVDESS (Actor_XX/MM-VV-EE-II-SS-RR-AA.wav)"
@@ -44,6 +44,7 @@ DEFAULT_LABEL_MAP: dict[str, str | None] = {
     "disgust": None,
     "surprised": None,
 }
+DEFAULT_CLASSES: tuple[str, ...] | None = FOUR_CLASSES
 
 _NAME = re.compile(r"(\d{2})-(0[12])-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d{2})")
 
