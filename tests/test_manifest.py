@@ -277,3 +277,17 @@ def test_other_layouts_build_a_manifest(tmp_path, layout):
     assert rejected.empty and len(manifest) > 0
     assert set(manifest["label"]) <= {"neutral", "happy", "angry", "sad"}
     assert set(manifest["utt_id"]) <= set(scan["utt_id"])
+
+
+def test_class_from_the_standard_map_outside_classes_names_its_raw_labels(tmp_path):
+    from corpus_fixtures import make_iemocap
+
+    root = make_iemocap(tmp_path / "IEMOCAP_full_release")
+    spec = dataset_spec(root, layout="iemocap", classes=["neutral", "angry", "sad"], on_bad_audio="skip")
+    with pytest.raises(InputError) as error:
+        build_manifest("iemocap", spec)
+    assert ("1. datasets.iemocap.label_map (merged over the layout's standard map) maps to 1 class names that "
+            "are not in datasets.iemocap.classes ['neutral', 'angry', 'sad']:\n"
+            "  - happy (from raw label(s) ['exc', 'hap'], 2 utterances)\n"
+            "Add each to datasets.iemocap.classes, or map its raw labels to null in datasets.iemocap.label_map") in str(
+        error.value)

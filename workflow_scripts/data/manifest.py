@@ -68,9 +68,10 @@ def apply_labels(
     kept = labelled.loc[~dropped]
     with_class = kept.loc[kept["label"].notna()]
 
+    map_name = f"{key}.label_map" + (" (merged over the layout's standard map)" if standard_map else "")
     outside = with_class.loc[~with_class["label"].isin(classes)]
     report.add(
-        f"{key}.label_map maps to {{n}} class names that are not in {key}.classes {classes}",
+        f"{map_name} maps to {{n}} class names that are not in {key}.classes {classes}",
         (
             f"{label} (from raw label(s) {sorted(group['raw_label'].unique())}, {len(group)} utterances)"
             for label, group in outside.groupby("label", sort=True)
@@ -79,7 +80,6 @@ def apply_labels(
     )
 
     counts = with_class["label"].value_counts()
-    map_name = f"{key}.label_map" + (" (merged over the layout's standard map)" if standard_map else "")
     report.add(
         f"{key}.classes names {{n}} class(es) that no utterance ends up in after {map_name}",
         (
