@@ -44,6 +44,13 @@ def dataset_spec(path: Path, **overrides) -> dict:
     return validate_config({"datasets": {"toy": spec}})["datasets"]["toy"]
 
 
+def layout_spec(path: Path, layout: str, **overrides) -> dict:
+    """A validated dataset spec that lists no classes, so the layout's default applies."""
+    from workflow_scripts.config import validate_config
+
+    return validate_config({"datasets": {"x": {"layout": layout, "path": str(path), **overrides}}})["datasets"]["x"]
+
+
 @pytest.fixture
 def generic_corpus(tmp_path: Path) -> Path:
     return write_generic_corpus(tmp_path / "corpus")

@@ -26,6 +26,10 @@ def test_stereo_is_averaged_to_mono(tmp_path):
          "all samples are NaN"),
         (lambda p: soundfile.write(p, np.array([0.1, np.inf, 0.2], dtype=np.float32), 16000, subtype="FLOAT"),
          "1 samples are NaN/Inf"),
+        (lambda p: soundfile.write(p, np.zeros(800, dtype=np.float32), 16000, subtype="PCM_16"),
+         "digitally silent: every sample is 0"),
+        (lambda p: soundfile.write(p, np.zeros((800, 2), dtype=np.float32), 16000, subtype="FLOAT"),
+         "digitally silent"),
     ],
 )
 def test_bad_clips_say_why(tmp_path, make, reason):
@@ -33,6 +37,18 @@ def test_bad_clips_say_why(tmp_path, make, reason):
     make(path)
     with pytest.raises(BadClip, match=reason):
         read_clip(str(path))
+
+
+def test_quiet_or_phase_cancelling_clips_are_not_silent(tmp_path):
+    path = tmp_path / "quiet.wav"
+    quiet = np.zeros(800, dtype=np.float32)
+    quiet[400] = 1 / 32768  # one least-significant bit of 16-bit PCM: quiet, but recorded
+    soundfile.write(path, quiet, 16000, subtype="PCM_16")
+    assert read_clip(str(path))[0].any()
+    tone = np.sin(np.arange(800) / 10).astype(np.float32)
+    soundfile.write(path, np.stack([tone, -tone], axis=1), 16000, subtype="FLOAT")
+    samples, _ = read_clip(str(path))  # the mono mix is zeros, but the channels are not
+    assert samples.shape == (800,)
 
 
 def test_resample_keeps_duration_and_pitch(tmp_path):

@@ -48,7 +48,10 @@ def test_every_schema_property_has_a_description():
          r"datasets\.x\.folds\.protocols\.0: 'random' is not one of"),
         ({"datasets": {"bad name": {"layout": "generic", "path": "p", "classes": ["a", "b"]}}}, r"bad name"),
         ({"audoi": {}}, r"Additional properties are not allowed \('audoi' was unexpected\)"),
-        ({"datasets": {"x": {"layout": "generic", "path": "p"}}}, r"datasets\.x: 'classes' is a required property"),
+        ({"datasets": {"x": {"layout": "generic", "path": "p"}}},
+         r"datasets\.x\.classes: required for layout 'generic', which has no standard class set"),
+        ({"datasets": {"x": {"layout": "emobox", "path": "p"}}},
+         r"datasets\.x\.classes: required for layout 'emobox'"),
     ],
 )
 def test_invalid_configs_name_the_key(config, expected):
@@ -70,3 +73,25 @@ def test_config_file_errors(tmp_path):
 def test_config_hash_is_order_independent():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_classes_default_to_the_layout_standard_set_after_the_schema_check():
+    config = validate_config({"datasets": {
+        "iemocap": {"layout": "iemocap", "path": "/d"},
+        "mine": {"layout": "ravdess", "path": "/r", "classes": ["neutral", "calm"]},
+    }})
+    assert config["datasets"]["iemocap"]["classes"] == ["angry", "happy", "neutral", "sad"]
+    assert config["datasets"]["mine"]["classes"] == ["neutral", "calm"]  # a listed set is kept
+    # A second validation (the entry points validate what the Snakefile validated) changes nothing.
+    assert validate_config(config) == config
+
+
+def test_missing_classes_are_reported_with_the_schema_errors():
+    with pytest.raises(InputError) as error:
+        validate_config({"audio": {"sample_rate": "fast"},
+                         "datasets": {"a": {"layout": "generic", "path": "p"}, "b": {"layout": "nope", "path": "p"}}})
+    message = str(error.value)
+    assert message.startswith("config is invalid (3 problems)")
+    assert "audio.sample_rate: 'fast' is not of type 'integer'" in message
+    assert "datasets.b.layout: 'nope' is not one of" in message
+    assert "datasets.a.classes: required for layout 'generic'" in message

@@ -74,3 +74,16 @@ def test_default_label_map():
         "DIS": None,
         "FEA": None,
     }
+
+
+def test_config_without_classes_gets_the_standard_four_and_builds_a_manifest(tmp_path):
+    from conftest import layout_spec
+
+    from workflow_scripts.data.manifest import build_manifest
+
+    spec = layout_spec(make_crema_d(tmp_path), "crema_d")
+    assert spec["classes"] == ["angry", "happy", "neutral", "sad"]  # the paper's label order
+    # every default class is a target of the layout's standard map
+    assert set(spec["classes"]) == {c for c in DEFAULT_LABEL_MAP.values() if c}
+    manifest, _ = build_manifest("x", spec)
+    assert set(manifest["label"]) == set(spec["classes"])

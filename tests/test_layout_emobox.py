@@ -161,11 +161,17 @@ def test_broken_lines_are_refused(tmp_path):
         scan(tmp_path, {})
 
 
-def test_duplicate_keys_and_segments_are_refused(tmp_path):
+def test_duplicate_keys_are_refused_by_the_manifest_step_and_segments_by_the_scan(tmp_path):
+    from conftest import dataset_spec, write_tone
+
+    from workflow_scripts.data.manifest import build_manifest
+
     row = {"key": "k1", "wav": "a.wav", "emo": "neu", "spk": "s"}
-    _write(tmp_path / "x.jsonl", [row, row])
-    with pytest.raises(InputError, match=r"1 key\(s\) occur on more than one metadata line:\n  - k1"):
-        scan(tmp_path, {})
+    write_tone(tmp_path / "a.wav")
+    _write(tmp_path / "x.jsonl", [row, row, {**row, "key": "k2", "emo": "sad"}])
+    assert scan(tmp_path, {})["utt_id"].tolist() == ["k1", "k1", "k2"]
+    with pytest.raises(InputError, match=rf"2 rows of {tmp_path} share an utterance id.*:\n  - k1: .*a.wav\n  - k1"):
+        build_manifest("eb", dataset_spec(tmp_path, layout="emobox", classes=["neutral", "sad"]))
     _write(tmp_path / "x.jsonl", [{**row, "start_time": 0.5, "end_time": 2.0}])
     with pytest.raises(InputError, match=r"start_time/end_time"):
         scan(tmp_path, {})
@@ -179,3 +185,11 @@ def test_default_label_map_covers_emobox_iemocap_codes():
         "sad": "sad",
         "exc": "happy",
     }
+
+
+def test_config_without_classes_is_refused_naming_the_key_and_layout(tmp_path):
+    from conftest import layout_spec
+
+    with pytest.raises(InputError, match=r"datasets\.x\.classes: required for layout 'emobox', "
+                                         r"which has no standard class set"):
+        layout_spec(tmp_path, "emobox")

@@ -50,20 +50,33 @@ def test_missing_columns_are_named(tmp_path):
     assert "lacks the required column(s) ['path', 'speaker']" in message
 
 
-def test_empty_cells_and_duplicate_ids_are_refused_with_line_numbers(tmp_path):
+def test_empty_cells_are_refused_with_line_numbers(tmp_path):
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,label,speaker\na/x.wav,angry,s1\nb/y.wav,,s1\n")
     with pytest.raises(
         InputError, match=rf"1 row\(s\) of manifest.csv have an empty 'label':\n  - {manifest}:3"
     ):
         scan(tmp_path, {})
+
+
+def test_duplicate_ids_are_kept_by_the_scan_and_refused_by_the_manifest_step(tmp_path):
+    from conftest import dataset_spec
+
+    from workflow_scripts.data.manifest import build_manifest
+
+    manifest = tmp_path / "manifest.csv"
+    for name in ("a/x.wav", "b/y.wav", "b/x.wav"):
+        write_wav(tmp_path / name)
     manifest.write_text("path,label,speaker\na/x.wav,angry,s1\nb/y.wav,sad,s1\nb/x.wav,sad,s2\n")
+    assert scan(tmp_path, {})["utt_id"].tolist() == ["x", "y", "x"]
     with pytest.raises(InputError) as error:
-        scan(tmp_path, {})
-    assert str(error.value).startswith(
-        f"2 row(s) share an utt_id with another row:\n  - {manifest}:2: x\n  - {manifest}:4: x"
-    )
-    assert "add a unique 'utt_id' column" in str(error.value)
+        build_manifest("toy", dataset_spec(tmp_path, classes=["angry", "sad"]))
+    message = str(error.value)
+    assert (
+        f"1. 2 rows of {tmp_path} share an utterance id with another row (ids must be unique):\n"
+        f"  - x: {tmp_path / 'a' / 'x.wav'}\n  - x: {tmp_path / 'b' / 'x.wav'}\n"
+    ) in message
+    assert "give each row of the manifest its own 'utt_id'" in message
 
 
 def test_bad_gender_and_fold_values_are_refused(tmp_path):
@@ -90,3 +103,11 @@ def test_spreadsheet_byte_order_mark_and_short_rows(tmp_path):
     manifest.write_bytes("path,label,speaker\na.wav,angry,s1\nb.wav,sad\n".encode("utf-8-sig"))
     with pytest.raises(InputError, match=rf"have an empty 'speaker':\n  - {manifest}:3"):
         scan(tmp_path, {})
+
+
+def test_config_without_classes_is_refused_naming_the_key_and_layout(tmp_path):
+    from conftest import layout_spec
+
+    with pytest.raises(InputError, match=r"datasets\.x\.classes: required for layout 'generic', "
+                                         r"which has no standard class set"):
+        layout_spec(tmp_path, "generic")

@@ -133,12 +133,21 @@ def test_folder_without_a_dataset_is_refused(tmp_path):
         scan(tmp_path, {})
 
 
-def test_duplicate_utterances_across_splits_are_refused(tmp_path):
+def test_duplicate_utterances_across_splits_are_refused_by_the_manifest_step(tmp_path):
+    from conftest import dataset_spec
+
+    from workflow_scripts.data.manifest import build_manifest
+
     make_hf_dataset_dict(
         tmp_path / "d", splits={"a": [("Ses01F_impro01_F000.wav", 0)], "b": [("Ses01F_impro01_F000.wav", 1)]}
     )
-    with pytest.raises(InputError, match="Ses01F_impro01_F000"):
-        scan(tmp_path / "d", {})
+    assert scan(tmp_path / "d", {})["utt_id"].tolist() == ["Ses01F_impro01_F000"] * 2
+    with pytest.raises(InputError) as error:
+        build_manifest("hf", dataset_spec(tmp_path / "d", layout="hf_dataset", classes=["angry", "happy"]))
+    message = str(error.value)
+    assert "2 rows of" in message and "share an utterance id" in message
+    for split in ("a", "b"):
+        assert f"Ses01F_impro01_F000: {tmp_path / 'd' / split}" in message
 
 
 def test_default_label_map_spellings():
@@ -162,3 +171,16 @@ def test_module_does_not_import_datasets(stores):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [sum(len(rows) for rows in HF_SPLITS.values()), False]
+
+
+def test_config_without_classes_gets_the_standard_four_and_builds_a_manifest(stores):
+    from conftest import layout_spec
+
+    from workflow_scripts.data.manifest import build_manifest
+
+    spec = layout_spec(stores["dict"], "hf_dataset")
+    assert spec["classes"] == ["angry", "happy", "neutral", "sad"]  # the paper's label order
+    # every default class is a target of the layout's standard map
+    assert set(spec["classes"]) == {c for c in DEFAULT_LABEL_MAP.values() if c}
+    manifest, _ = build_manifest("x", spec)
+    assert set(manifest["label"]) == set(spec["classes"])

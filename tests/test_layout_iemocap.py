@@ -118,3 +118,17 @@ def test_session_without_labels_gives_an_empty_corpus_error(tmp_path):
     write_wav(tmp_path / "Session1" / "sentences" / "wav" / "Ses01F_impro01" / "Ses01F_impro01_F000.wav")
     with pytest.raises(InputError, match="no utterances found for layout 'iemocap'"):
         scan(tmp_path, {})
+
+
+def test_config_without_classes_gets_the_standard_four_and_builds_a_manifest(corpus):
+    from conftest import layout_spec
+
+    from workflow_scripts.data.manifest import build_manifest
+
+    spec = layout_spec(corpus, "iemocap", on_bad_audio="skip")
+    assert spec["classes"] == ["angry", "happy", "neutral", "sad"]  # the paper's label order
+    # every default class is a target of the layout's standard map
+    assert set(spec["classes"]) == {c for c in DEFAULT_LABEL_MAP.values() if c}
+    manifest, rejected = build_manifest("x", spec)  # its one sad clip is missing, hence skip
+    assert set(manifest["label"]) | {"sad"} == set(spec["classes"])
+    assert rejected["utt_id"].tolist() == [IEMOCAP_MISSING_WAV]

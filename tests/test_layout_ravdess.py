@@ -61,11 +61,20 @@ def test_malformed_names_are_listed(tmp_path):
     assert str(tmp_path / "Actor_03" / "03-01-09-01-01-01-03.wav") in message
 
 
-def test_same_file_twice_is_refused(tmp_path):
+def test_same_file_twice_is_refused_by_the_manifest_step(tmp_path):
+    from conftest import dataset_spec
+
+    from workflow_scripts.data.manifest import build_manifest
+
     make_ravdess(tmp_path / "speech")
     write_wav(tmp_path / "copy" / "03-01-01-01-01-01-01.wav")
-    with pytest.raises(InputError, match="1 RAVDESS file name\\(s\\) occur twice"):
-        scan(tmp_path, {})
+    assert (scan(tmp_path, {})["utt_id"] == "03-01-01-01-01-01-01").sum() == 2
+    with pytest.raises(InputError) as error:
+        build_manifest("rav", dataset_spec(tmp_path, layout="ravdess", classes=["neutral", "angry", "sad"]))
+    message = str(error.value)
+    assert "2 rows of" in message and "share an utterance id" in message
+    assert f"03-01-01-01-01-01-01: {tmp_path / 'copy' / '03-01-01-01-01-01-01.wav'}" in message
+    assert f"03-01-01-01-01-01-01: {tmp_path / 'speech' / 'Actor_01' / '03-01-01-01-01-01-01.wav'}" in message
 
 
 def test_default_label_map_is_the_shared_four_classes():
@@ -81,3 +90,16 @@ def test_default_label_map_is_the_shared_four_classes():
         "disgust",
         "surprised",
     }
+
+
+def test_config_without_classes_gets_the_standard_four_and_builds_a_manifest(corpus):
+    from conftest import layout_spec
+
+    from workflow_scripts.data.manifest import build_manifest
+
+    spec = layout_spec(corpus, "ravdess", options={"vocal_channels": [1, 2]})
+    assert spec["classes"] == ["angry", "happy", "neutral", "sad"]  # the paper's label order
+    # every default class is a target of the layout's standard map
+    assert set(spec["classes"]) == {c for c in DEFAULT_LABEL_MAP.values() if c}
+    manifest, _ = build_manifest("x", spec)
+    assert set(manifest["label"]) == set(spec["classes"])

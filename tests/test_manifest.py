@@ -44,20 +44,58 @@ def test_label_mapped_outside_classes_is_refused(generic_corpus):
         build_manifest("toy", dataset_spec(generic_corpus, label_map={"sad": "calm"}))
 
 
+def write_ravdess(root, emotions):
+    """One RAVDESS speech clip per emotion code (1 neutral, 2 calm, 3 happy, 4 sad, 5 angry, ...)."""
+    from corpus_fixtures import write_wav
+
+    for code in emotions:
+        write_wav(root / "Actor_01" / f"03-01-{code:02d}-01-01-01-01.wav")
+        write_wav(root / "Actor_02" / f"03-01-{code:02d}-01-01-01-02.wav")
+    return root
+
+
+def test_class_that_the_label_map_leaves_empty_names_the_class_and_the_map(tmp_path):
+    root = write_ravdess(tmp_path / "rav", [1, 2, 3, 4, 6])  # neutral, calm, happy, sad, fearful
+    classes = ["neutral", "calm", "happy", "sad"]
+    with pytest.raises(InputError) as error:
+        build_manifest("rav", dataset_spec(root, layout="ravdess", classes=classes))
+    message = str(error.value)
+    assert ("1. datasets.rav.classes names 1 class(es) that no utterance ends up in after datasets.rav.label_map "
+            "(merged over the layout's standard map):\n"
+            "  - 'calm': no raw label maps to it, and raw label 'calm' (2 utterances) maps to null; "
+            "set datasets.rav.label_map: {calm: calm}\n") in message
+    # ... and which raw labels the map sends where, null ones included.
+    assert "'calm' (2) -> null, 'fearful' (2) -> null, 'happy' (2) -> happy" in message
+    manifest, _ = build_manifest("rav", dataset_spec(root, layout="ravdess", classes=classes,
+                                                     label_map={"calm": "calm"}))
+    assert manifest["label"].value_counts().to_dict() == {"neutral": 2, "calm": 2, "happy": 2, "sad": 2}
+
+
+def test_class_without_utterances_in_the_corpus_is_refused(generic_corpus):
+    with pytest.raises(InputError) as error:
+        build_manifest("toy", dataset_spec(generic_corpus, classes=["neutral", "happy", "angry", "sad", "bored"]))
+    assert "  - 'bored': no utterance has a raw label that maps to it ('bored')\n" in str(error.value)
+
+
 def test_duplicate_ids_are_listed(generic_corpus):
     table = pd.read_csv(generic_corpus / "manifest.csv")
     table.loc[1, "utt_id"] = table.loc[0, "utt_id"]
     table.to_csv(generic_corpus / "manifest.csv", index=False)
-    with pytest.raises(InputError, match=r"2 row\(s\) share an utt_id.*\n  - .*manifest.csv:2: s1_neutral_0\n"):
+    with pytest.raises(InputError, match=r"2 rows of .* share an utterance id.*:\n  - s1_neutral_0: .*wav/s1_neutral_0.wav\n"
+                                         r"  - s1_neutral_0: .*wav/s1_neutral_1.wav\n"):
         build_manifest("toy", dataset_spec(generic_corpus))
 
 
 def break_clips(root):
-    """Missing, corrupt, empty and NaN clips: one of each."""
+    """Missing, corrupt, empty, NaN and digitally silent clips: one of each."""
     (root / "wav" / "s1_happy_0.wav").unlink()
     (root / "wav" / "s2_happy_0.wav").write_bytes(b"not a wav file at all")
     soundfile.write(root / "wav" / "s3_happy_0.wav", np.zeros(0, dtype=np.float32), 16000)
     soundfile.write(root / "wav" / "s4_happy_0.wav", np.full(50, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    soundfile.write(root / "wav" / "s1_sad_0.wav", np.zeros(3200, dtype=np.float32), 16000, subtype="PCM_16")
+
+
+BROKEN = ["s1_happy_0", "s1_sad_0", "s2_happy_0", "s3_happy_0", "s4_happy_0"]
 
 
 def test_bad_audio_stops_with_every_offender_named(generic_corpus):
@@ -65,11 +103,13 @@ def test_bad_audio_stops_with_every_offender_named(generic_corpus):
     with pytest.raises(InputError) as error:
         build_manifest("toy", dataset_spec(generic_corpus))
     message = str(error.value)
-    assert message.startswith("4 clips of dataset 'toy' cannot be used:")
+    assert message.startswith(f"datasets.toy (layout 'generic', path {generic_corpus}): 1 kind of problem")
+    assert "\n\n1. 5 clips of dataset 'toy' cannot be used:" in message
     assert "s1_happy_0" in message and "file not found" in message
     assert "s2_happy_0" in message and "unreadable or corrupt" in message
     assert "s3_happy_0" in message and "zero-length" in message
     assert "s4_happy_0" in message and "all samples are NaN" in message
+    assert "s1_sad_0" in message and "digitally silent: every sample is 0" in message
     assert "datasets.toy.on_bad_audio: skip" in message
 
 
@@ -77,16 +117,78 @@ def test_skip_mode_drops_and_lists_bad_clips(generic_corpus, tmp_path, capsys):
     break_clips(generic_corpus)
     spec = dataset_spec(generic_corpus, on_bad_audio="skip")
     manifest, rejected = build_manifest("toy", spec)
-    assert len(manifest) == 28
-    assert sorted(rejected["utt_id"]) == ["s1_happy_0", "s2_happy_0", "s3_happy_0", "s4_happy_0"]
+    assert len(manifest) == 27
+    assert sorted(rejected["utt_id"]) == BROKEN
+    silent = rejected.set_index("utt_id").loc["s1_sad_0"]
+    assert silent["reason"] == "digitally silent: every sample is 0"
+    assert silent["source"].endswith("wav/s1_sad_0.wav")
     # The entry point writes both files; a failing run writes neither.
     import json
 
     out = tmp_path / "out"
     main(["--dataset", "toy", "--spec", json.dumps(spec), "--manifest", str(out / "m.parquet"),
           "--rejected", str(out / "rejected.csv")])
-    assert len(pd.read_csv(out / "rejected.csv")) == 4
-    assert len(pd.read_parquet(out / "m.parquet")) == 28
+    assert len(pd.read_csv(out / "rejected.csv")) == 5
+    assert len(pd.read_parquet(out / "m.parquet")) == 27
+
+
+def corrupt_with_every_kind_of_problem(root):
+    """A duplicate id, an unknown label, a corrupt clip and a digitally silent one."""
+    table = pd.read_csv(root / "manifest.csv")
+    table.loc[table["utt_id"] == "s2_neutral_1", "utt_id"] = "s2_neutral_0"
+    table.loc[table["utt_id"] == "s3_sad_0", "label"] = "bored"
+    table.to_csv(root / "manifest.csv", index=False)
+    (root / "wav" / "s2_happy_0.wav").write_bytes(b"not a wav file at all")
+    soundfile.write(root / "wav" / "s1_sad_0.wav", np.zeros(3200, dtype=np.float32), 16000, subtype="PCM_16")
+
+
+def test_every_kind_of_problem_is_reported_in_one_error(generic_corpus):
+    corrupt_with_every_kind_of_problem(generic_corpus)
+    # The clip with the unknown label is decoded too: its audio problem is in the same report.
+    (generic_corpus / "wav" / "s3_sad_0.wav").unlink()
+    with pytest.raises(InputError) as error:
+        build_manifest("toy", dataset_spec(generic_corpus))
+    message = str(error.value)
+    assert message.startswith(
+        f"datasets.toy (layout 'generic', path {generic_corpus}): 3 kinds of problem, all listed here\n\n"
+    )
+    sections = message.split("\n\n")[1:]
+    assert [section.splitlines()[0] for section in sections] == [
+        f"1. 2 rows of {generic_corpus} share an utterance id with another row (ids must be unique):",
+        "2. 1 utterances have a label that datasets.toy.label_map does not mention:",
+        "3. 3 clips of dataset 'toy' cannot be used:",
+    ]
+    duplicates, labels, audio = sections
+    assert duplicates.count("  - s2_neutral_0: ") == 2 and "s2_neutral_1.wav" in duplicates
+    assert "s3_sad_0: 'bored'" in labels and "datasets.toy.classes" in labels
+    assert "s2_happy_0" in audio and "unreadable or corrupt" in audio
+    assert "s1_sad_0" in audio and "digitally silent" in audio
+    assert "s3_sad_0" in audio and "file not found" in audio
+    assert "datasets.toy.on_bad_audio: skip" in audio
+
+
+def test_skip_mode_still_stops_on_labels_and_lists_the_clips_it_would_drop(generic_corpus, tmp_path):
+    import json
+
+    corrupt_with_every_kind_of_problem(generic_corpus)
+    table = pd.read_csv(generic_corpus / "manifest.csv")
+    table.loc[table["utt_id"] == "s2_neutral_0", "utt_id"] = ["s2_neutral_0", "s2_neutral_1"]
+    table.to_csv(generic_corpus / "manifest.csv", index=False)
+    spec = dataset_spec(generic_corpus, on_bad_audio="skip")
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as error:
+        main(["--dataset", "toy", "--spec", json.dumps(spec), "--manifest", str(out / "m.parquet"),
+              "--rejected", str(out / "rejected.csv")])
+    message = str(error.value)
+    assert "1 kind of problem" in message
+    assert "\n\n1. 1 utterances have a label that datasets.toy.label_map does not mention:\n  - s3_sad_0: 'bored'" in message
+    # The skipped clips are not a problem under 'skip', but the user sees them in the same run.
+    assert ("\n\nAlso: 2 unusable clips will be dropped (datasets.toy.on_bad_audio: skip) and listed in "
+            "rejected.csv once the problems above are fixed:") in message
+    assert "s1_sad_0" in message and "s2_happy_0" in message
+    assert "cannot be used" not in message
+    # Nothing is written, not even rejected.csv: it would describe a manifest that does not exist.
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_failed_run_leaves_no_output(generic_corpus, tmp_path):
@@ -157,17 +259,35 @@ def test_hf_dataset_dict_decodes_embedded_audio(tmp_path):
 def test_other_layouts_build_a_manifest(tmp_path, layout):
     import corpus_fixtures as fx
 
+    classes = ["neutral", "happy", "angry", "sad"]
     if layout == "emobox":
         root = fx.make_emobox(tmp_path / "meta", tmp_path / "audio")
         options = {"audio_root": str(tmp_path / "audio")}
     else:
         root = {"ravdess": fx.make_ravdess, "crema_d": fx.make_crema_d, "generic": fx.make_generic}[layout](
             tmp_path / "corpus")
-        options = {}
+        # The fixtures' only happy RAVDESS clip is sung; the generic fixture has no happy clip.
+        options = {"vocal_channels": [1, 2]} if layout == "ravdess" else {}
+        if layout == "generic":
+            classes = ["neutral", "angry", "sad"]
     from workflow_scripts.data.layouts import get_layout
 
     scan = get_layout(layout).scan(root, options)
-    manifest, rejected = build_manifest(layout, dataset_spec(root, layout=layout, options=options))
+    manifest, rejected = build_manifest(layout, dataset_spec(root, layout=layout, options=options, classes=classes))
     assert rejected.empty and len(manifest) > 0
     assert set(manifest["label"]) <= {"neutral", "happy", "angry", "sad"}
     assert set(manifest["utt_id"]) <= set(scan["utt_id"])
+
+
+def test_class_from_the_standard_map_outside_classes_names_its_raw_labels(tmp_path):
+    from corpus_fixtures import make_iemocap
+
+    root = make_iemocap(tmp_path / "IEMOCAP_full_release")
+    spec = dataset_spec(root, layout="iemocap", classes=["neutral", "angry", "sad"], on_bad_audio="skip")
+    with pytest.raises(InputError) as error:
+        build_manifest("iemocap", spec)
+    assert ("1. datasets.iemocap.label_map (merged over the layout's standard map) maps to 1 class names that "
+            "are not in datasets.iemocap.classes ['neutral', 'angry', 'sad']:\n"
+            "  - happy (from raw label(s) ['exc', 'hap'], 2 utterances)\n"
+            "Add each to datasets.iemocap.classes, or map its raw labels to null in datasets.iemocap.label_map") in str(
+        error.value)

@@ -59,3 +59,13 @@ def test_faithful_overlay_dry_runs(iemocap_workdir):
     assert "results/runs/iemocap/legacy_dialog10/whisper-large-v2/lora/v_proj/r32/seed42/fold10/" in text
     # The overlay reaches the runs: selection on test under legacy, visible in their settings.
     assert '"select_on":"test"' in text and '"legacy":true' in text
+
+
+def test_config_without_classes_dry_runs_with_the_layout_default(iemocap_workdir):
+    """The Snakefile validates the config, which fills in the layout's classes for every rule."""
+    text = (REPO / "config" / "paper.yaml").read_text()
+    without = iemocap_workdir / "paper_without_classes.yaml"
+    without.write_text("".join(line for line in text.splitlines(keepends=True) if "classes:" not in line))
+    assert "classes:" in text and "classes:" not in without.read_text()
+    output = dry_run(iemocap_workdir, str(without))
+    assert '"classes":["angry","happy","neutral","sad"]' in output

@@ -46,17 +46,42 @@ def _key_path(error) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
+def fill_dataset_classes(config: dict) -> list[str]:
+    """Give each dataset without ``classes`` its layout's standard set; return the problems.
+
+    A layout whose classes depend on the corpus (``DEFAULT_CLASSES = None``) needs them listed.
+    Datasets that the schema already refuses (no or an unknown layout) are skipped here.
+    """
+    from workflow_scripts.data.layouts import LAYOUT_MODULES, get_layout
+
+    problems = []
+    for name, spec in (config.get("datasets") or {}).items():
+        if not isinstance(spec, dict) or "classes" in spec or spec.get("layout") not in LAYOUT_MODULES:
+            continue
+        default = get_layout(spec["layout"]).DEFAULT_CLASSES
+        if default is None:
+            problems.append(
+                f"datasets.{name}.classes: required for layout {spec['layout']!r}, which has no standard "
+                "class set; list the classes to keep, in label-index order"
+            )
+        else:
+            spec["classes"] = list(default)
+    return problems
+
+
 def validate_config(config: dict, source: str = "config") -> dict:
     """Validate ``config`` in place (defaults filled in) and return it; raise :class:`InputError`."""
     import jsonschema  # imported here so that the pure modules import without it
 
     validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
+    # After the schema check, so that every consumer sees a full dataset spec.
+    problems = [f"{_key_path(e)}: {e.message}" for e in errors] + fill_dataset_classes(config)
+    if problems:
         raise InputError(
             describe_offenders(
-                f"{source} is invalid ({len(errors)} problems)",
-                (f"{_key_path(e)}: {e.message}" for e in errors),
+                f"{source} is invalid ({len(problems)} problems)",
+                problems,
                 hint="See config/config.yaml for a commented example of every key.",
             )
         )

@@ -40,3 +40,39 @@ def raise_if_any(problem: str, offenders: Iterable[object], hint: str = "") -> N
     items = list(offenders)
     if items:
         raise InputError(describe_offenders(problem.format(n=len(items)), items, hint))
+
+
+class ProblemReport:
+    """Collect every kind of problem a check finds, then raise them as one :class:`InputError`.
+
+    A user with three problems should need one run, not three, to see them all. Each
+    :meth:`add` with offenders becomes one section (a :func:`describe_offenders` listing);
+    :meth:`note` adds a section that is shown only alongside a real problem.
+    """
+
+    def __init__(self, heading: str):
+        self.heading = heading
+        self.sections: list[str] = []
+        self.notes: list[str] = []
+
+    def add(self, problem: str, offenders: Iterable[object], hint: str = "") -> None:
+        """Record a section if there are offenders; ``{n}`` in ``problem`` is their count."""
+        items = list(offenders)
+        if items:
+            self.sections.append(describe_offenders(problem.format(n=len(items)), items, hint))
+
+    def note(self, problem: str, offenders: Iterable[object], hint: str = "") -> None:
+        """Record context that is not a problem by itself (it never makes :meth:`raise_if_any` raise)."""
+        items = list(offenders)
+        if items:
+            self.notes.append(describe_offenders(problem.format(n=len(items)), items, hint))
+
+    def raise_if_any(self) -> None:
+        """Raise one :class:`InputError` with every section, numbered, if any problem was added."""
+        if not self.sections:
+            return
+        count = len(self.sections)
+        parts = [f"{self.heading}: {count} kind{'s' if count > 1 else ''} of problem, all listed here"]
+        parts += [f"{i}. {section}" for i, section in enumerate(self.sections, start=1)]
+        parts += [f"Also: {note}" for note in self.notes]
+        raise InputError("\n\n".join(parts))

@@ -17,7 +17,7 @@ EMBEDDED_SEPARATOR = "::"
 
 
 class BadClip(Exception):
-    """A clip that cannot be used; the message says why (missing, unreadable, empty, NaN)."""
+    """A clip that cannot be used; the message says why (missing, unreadable, empty, NaN, silent)."""
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,7 +50,8 @@ def read_clip(source: str) -> tuple[np.ndarray, int]:
     """Decode ``source`` to a mono float32 array and its sample rate; raise :class:`BadClip`.
 
     Multi-channel audio is averaged to mono. The checks match what later stages need: at least
-    one sample, and every sample finite (one NaN poisons a whole batch's loss).
+    one sample, every sample finite (one NaN poisons a whole batch's loss), and not digitally
+    silent (an all-zero file is a failed recording or export, and carries no emotion to learn).
     """
     try:
         if EMBEDDED_SEPARATOR in source:
@@ -70,6 +71,10 @@ def read_clip(source: str) -> tuple[np.ndarray, int]:
     if not finite.all():
         what = "all samples are NaN/Inf" if not finite.any() else f"{(~finite).sum()} samples are NaN/Inf"
         raise BadClip(f"non-finite audio: {what}")
+    # Checked on every channel before the mix: opposite-phase channels average to zeros
+    # but are a recording.
+    if not data.any():
+        raise BadClip("digitally silent: every sample is 0")
     return np.ascontiguousarray(samples), int(rate)
 
 

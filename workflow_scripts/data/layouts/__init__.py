@@ -8,6 +8,10 @@ The contract every layout module keeps:
 * ``DEFAULT_LABEL_MAP``: raw label -> class name, or ``None`` for raw labels that the layout's
   standard protocol drops (IEMOCAP's frustration, surprise, ...). The dataset config's
   ``label_map`` is merged over it.
+* ``DEFAULT_CLASSES``: the layout's standard class set in label-index order, which a dataset
+  without ``classes`` in its config gets (filled in by :func:`workflow_scripts.config.validate_config`),
+  or ``None`` where the classes depend on the corpus (``generic``, ``emobox``) and the config
+  must list them.
 * ``DESCRIPTION``: one line for ``--help`` and error messages.
 
 Column meanings:
@@ -49,6 +53,10 @@ IEMOCAP_LABEL_SPELLINGS: dict[str, str | None] = {
     **dict.fromkeys(["fru", "sur", "fea", "dis", "oth", "xxx"], None),
 }
 OPTIONAL_COLUMNS = ["group", "source_fold"]
+
+#: The standard 4-class set of IEMOCAP, and the classes RAVDESS and CREMA-D share with it, in
+#: the paper's label order.
+FOUR_CLASSES = ("angry", "happy", "neutral", "sad")
 
 #: layout name in the config -> module under this package
 LAYOUT_MODULES = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.data.layouts import finish_scan
+from workflow_scripts.data.layouts import FOUR_CLASSES, finish_scan
 from workflow_scripts.errors import InputError, raise_if_any
 
 DESCRIPTION = "CREMA-D (AudioWAV/1001_DFA_ANG_XX.wav, optional VideoDemographics.csv)"
@@ -27,6 +27,7 @@ DEFAULT_LABEL_MAP: dict[str, str | None] = {
     "DIS": None,
     "FEA": None,
 }
+DEFAULT_CLASSES: tuple[str, ...] | None = FOUR_CLASSES
 
 _NAME = re.compile(r"(\d{4})_([A-Z]{3})_(ANG|DIS|FEA|HAP|NEU|SAD)_(LO|MD|HI|XX|X)")
 _SEX = {"male": "M", "female": "F"}

@@ -8,8 +8,9 @@
 
 Required columns: ``path`` (relative to the manifest's folder unless absolute), ``label``,
 ``speaker``. Optional: ``session``, ``gender`` (F/M/female/male), ``utt_id`` (default: the
-file name without extension; must be unique), ``group`` and ``source_fold`` (an integer fold
-to test each utterance in). A ``.tsv`` file is tab-separated, anything else comma-separated.
+file name without extension; must be unique, which the manifest step checks), ``group`` and
+``source_fold`` (an integer fold to test each utterance in). A ``.tsv`` file is tab-separated,
+anything else comma-separated.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from workflow_scripts.errors import InputError, raise_if_any
 DESCRIPTION = "CSV/TSV manifest with columns path, label, speaker [, session, gender, utt_id]"
 
 DEFAULT_LABEL_MAP: dict[str, str | None] = {}
+DEFAULT_CLASSES: tuple[str, ...] | None = None  # any corpus: the config lists its classes
 
 REQUIRED = ["path", "label", "speaker"]
 
@@ -83,12 +85,7 @@ def scan(root: Path, options: dict) -> pd.DataFrame:
         f"{{n}} row(s) of {manifest.name} have an empty 'utt_id'",
         [f"{manifest}:{n}" for n in line[frame["utt_id"] == ""]],
     )
-    duplicated = frame["utt_id"].duplicated(keep=False)
-    raise_if_any(
-        "{n} row(s) share an utt_id with another row",
-        [f"{manifest}:{n}: {u}" for n, u in zip(line[duplicated], frame["utt_id"][duplicated])],
-        hint="add a unique 'utt_id' column to the manifest (the default is the file name without extension)",
-    )
+    # Duplicate ids are left to the manifest builder, which reports them with the other problems.
     if "gender" in table:
         frame["gender"] = table["gender"].str.lower().map(GENDER_SPELLINGS)
         bad = table["gender"].ne("") & frame["gender"].isna()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.data.layouts import finish_scan
+from workflow_scripts.data.layouts import FOUR_CLASSES, finish_scan
 from workflow_scripts.errors import InputError, raise_if_any
 
 DESCRIPTION = "IEMOCAP release tree (SessionN/sentences/wav + dialog/EmoEvaluation)"
@@ -41,6 +41,7 @@ DEFAULT_LABEL_MAP: dict[str, str | None] = {
     "oth": None,
     "xxx": None,  # annotators did not agree
 }
+DEFAULT_CLASSES: tuple[str, ...] | None = FOUR_CLASSES
 
 log = logging.getLogger(__name__)
 

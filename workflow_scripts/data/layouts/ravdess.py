@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.data.layouts import finish_scan
+from workflow_scripts.data.layouts import FOUR_CLASSES, finish_scan
 from workflow_scripts.errors import InputError, raise_if_any
 
 DESCRIPTION = "RAVDESS (Actor_XX/MM-VV-EE-II-SS-RR-AA.wav)"
@@ -44,6 +44,7 @@ DEFAULT_LABEL_MAP: dict[str, str | None] = {
     "disgust": None,
     "surprised": None,
 }
+DEFAULT_CLASSES: tuple[str, ...] | None = FOUR_CLASSES
 
 _NAME = re.compile(r"(\d{2})-(0[12])-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d{2})")
 
@@ -70,16 +71,13 @@ def scan(root: Path, options: dict) -> pd.DataFrame:
         [p for p in files if not _NAME.fullmatch(p.stem)],
         hint="move other audio out of the corpus folder, or check the dataset's 'layout' in the config",
     )
-    seen: dict[str, Path] = {}
-    rows, duplicates = [], []
+    # A file name found twice (a release unpacked twice) gives two rows with one utt_id; the
+    # manifest builder reports them with the corpus's other problems.
+    rows = []
     for path in files:
         modality, channel, emotion, _, _, _, actor = (int(f) for f in _NAME.fullmatch(path.stem).groups())
         if modality not in modalities or channel not in channels:
             continue
-        if path.stem in seen:
-            duplicates.append(f"{path} and {seen[path.stem]}")
-            continue
-        seen[path.stem] = path
         rows.append(
             {
                 "utt_id": path.stem,
@@ -90,7 +88,6 @@ def scan(root: Path, options: dict) -> pd.DataFrame:
                 "raw_label": EMOTIONS[emotion],
             }
         )
-    raise_if_any("{n} RAVDESS file name(s) occur twice", duplicates, hint=f"keep one copy under {root}")
     if files and not rows:
         raise InputError(
             f"none of the {len(files)} RAVDESS files under {root} has a modality in {sorted(modalities)} "
