@@ -87,6 +87,16 @@ def test_lora_run_writes_every_output(lora_run):
     assert predictions["split"].value_counts().to_dict() == {"val": 16, "test": 16}
 
 
+def test_predictions_carry_the_run_s_provenance(lora_run):
+    from workflow_scripts.provenance import read_provenance
+
+    out, metrics = lora_run
+    record = read_provenance(out / "predictions.parquet")
+    assert record["run"] == metrics["run"] and record["step"] == "train"
+    assert record["config_hash"] and record["git_commit"] and record["packages"]["torch"]
+    assert record == json.loads((out / "metrics.json").read_text())["provenance"]
+
+
 def test_parameter_counts_leave_out_peft_s_copy_of_the_head(lora_run, dataset):
     from workflow_scripts.models.build import load_classifier
 

@@ -6,7 +6,8 @@ the run's folder:
 ``weights/``             what was trained (see ``workflow_scripts.train.methods``)
 ``metrics.json``         test UAR, WAR, macro-F1, per-class recall, confusion matrix, best epoch,
                          the split it was selected on, parameter counts, wall time, provenance
-``predictions.parquet``  utt_id, split, label, prediction, logits (validation and test clips)
+``predictions.parquet``  utt_id, split, label, prediction, logits (validation and test clips);
+                         the provenance of metrics.json in its metadata
 ``history.csv``          one row per epoch
 
 ``metrics.json`` is written last: a run without it is unfinished. While training, the run's
@@ -111,12 +112,13 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
     test_report, test_logits = evaluate(classifier, splits["test"], classes, settings, device)
     val_report, val_logits = evaluate(classifier, splits["val"], classes, settings, device)
     classifier.to("cpu")
+    record = provenance("train", settings, run=run.id)
     with atomic_path(out / "weights", directory=True) as tmp:
         save_weights(model, run.method, tmp)
     write_table(out / "predictions.parquet", pd.concat([
         predictions_table("val", splits["val"], val_logits, classes),
         predictions_table("test", splits["test"], test_logits, classes),
-    ], ignore_index=True))
+    ], ignore_index=True), provenance=record)
     history = pd.DataFrame(state.history, columns=["epoch", "train_loss", "lr", f"{select_on}_uar",
                                                    f"{select_on}_war", f"{select_on}_macro_f1", "seconds"])
     write_table(out / "history.csv", history)
@@ -133,7 +135,7 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
         "n_train": len(splits["train"].clips),
         "wall_seconds": time.perf_counter() - started,
         "device": str(device),
-        "provenance": provenance("train", settings, run=run.id),
+        "provenance": record,
     }
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / ".resume", ignore_errors=True)
