@@ -76,6 +76,7 @@ def test_lora_run_writes_every_output(lora_run):
     assert json.loads((out / "metrics.json").read_text())["run"] == metrics["run"]
     assert set(metrics["test"]) == {"uar", "war", "macro_f1", "per_class_recall", "confusion_matrix", "n"}
     assert metrics["selected_on"] == "val" and metrics["selected_on_test"] is False
+    assert metrics["select_metric"] == "uar"
     assert 1 <= metrics["best_epoch"] <= 3 and metrics["test"]["n"] == 16
     assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"]
     assert metrics["provenance"]["settings"]["lr"] == 3e-3 and metrics["wall_seconds"] > 0
@@ -178,6 +179,43 @@ def test_class_weights_known_answer():
     torch.testing.assert_close(weights, torch.tensor([0.5, 1.5, 0.75, 1.5]))
 
 
+def test_best_epoch_is_the_earliest_maximum_of_the_chosen_metric():
+    from workflow_scripts.train.loop import best_epoch
+
+    history = [{"epoch": 1, "val_uar": 0.50, "val_war": 0.60},
+               {"epoch": 2, "val_uar": 0.70, "val_war": 0.60},
+               {"epoch": 3, "val_uar": 0.60, "val_war": 0.80},
+               {"epoch": 4, "val_uar": 0.70, "val_war": 0.80}]
+    assert best_epoch(history, "val_uar") == 2  # tied with epoch 4: the earliest
+    assert best_epoch(history, "val_war") == 3
+    assert best_epoch(history[:1], "val_war") == 1
+
+
+@pytest.mark.parametrize("metric, expected_epoch", [("uar", 2), ("war", 3)])
+def test_the_loop_keeps_the_epoch_the_select_metric_picks(dataset, tmp_path, monkeypatch, metric,
+                                                          expected_epoch):
+    """The toy validation split is balanced (UAR = WAR), so the loop's per-epoch scores are
+    scripted here to disagree; the run must keep the weights of the epoch its metric picks."""
+    from workflow_scripts.train import loop
+
+    scores = [(0.50, 0.60), (0.70, 0.60), (0.60, 0.80)]  # (UAR, WAR) of epochs 1-3
+    snapshots = []
+
+    def scripted_evaluate(classifier, data, classes, settings, device):
+        snapshots.append(loop.trainable_state(classifier))
+        uar, war = scores[len(snapshots) - 1]
+        return {"uar": uar, "war": war, "macro_f1": 0.0}, None
+
+    monkeypatch.setattr(loop, "evaluate", scripted_evaluate)
+    out = tmp_path / metric
+    metrics = train_run(dataset, out, method="frozen", targets="none", rank=0, select_metric=metric)
+    assert metrics["select_metric"] == metric and metrics["best_epoch"] == expected_epoch
+    kept = next(v for k, v in snapshots[expected_epoch - 1].items() if k.endswith("classifier.weight"))
+    saved = load_trained(out / "weights", dataset / "tiny", CLASSES, "frozen").classifier.weight
+    torch.testing.assert_close(saved, kept)
+    assert not torch.equal(saved, next(v for k, v in snapshots[0].items() if k.endswith("classifier.weight")))
+
+
 def test_class_weighted_run(dataset, tmp_path):
     metrics = train_run(dataset, tmp_path / "weighted", class_weighted=True, epochs=1)
     assert metrics["provenance"]["settings"]["class_weighted"] is True
@@ -186,7 +224,7 @@ def test_class_weighted_run(dataset, tmp_path):
 def test_untrained_references(dataset, tmp_path):
     init = train_run(dataset, tmp_path / "init", method="lora_init")
     train_run(dataset, tmp_path / "random", method="lora_random")
-    assert init["epochs"] == 0 and init["selected_on"] is None
+    assert init["epochs"] == 0 and init["selected_on"] is None and init["select_metric"] is None
     assert pd.read_csv(tmp_path / "init" / "history.csv").empty
     init_model = load_trained(tmp_path / "init" / "weights", dataset / "tiny", CLASSES, "lora_init")
     random_model = load_trained(tmp_path / "random" / "weights", dataset / "tiny", CLASSES, "lora_random")

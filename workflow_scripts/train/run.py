@@ -5,7 +5,8 @@ the run's folder:
 
 ``weights/``             what was trained (see ``workflow_scripts.train.methods``)
 ``metrics.json``         test UAR, WAR, macro-F1, per-class recall, confusion matrix, best epoch,
-                         the split it was selected on, parameter counts, wall time, provenance
+                         the split and metric it was selected on, parameter counts, wall time,
+                         provenance
 ``predictions.parquet``  utt_id, split, label, prediction, logits (validation and test clips);
                          the provenance of metrics.json in its metadata
 ``history.csv``          one row per epoch
@@ -131,6 +132,7 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
         "epochs": epochs,
         "selected_on": select_on if epochs else None,
         "selected_on_test": bool(epochs) and select_on == "test",
+        "select_metric": settings["select_metric"] if epochs else None,
         **counts,
         "n_train": len(splits["train"].clips),
         "wall_seconds": time.perf_counter() - started,
@@ -139,8 +141,9 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
     }
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / ".resume", ignore_errors=True)
-    log.info("%s: test UAR %.4f WAR %.4f F1 %.4f (best epoch %d on %s)", run.id, test_report["uar"],
-             test_report["war"], test_report["macro_f1"], state.best_epoch, select_on)
+    log.info("%s: test UAR %.4f WAR %.4f F1 %.4f (best epoch %d by %s %s)", run.id, test_report["uar"],
+             test_report["war"], test_report["macro_f1"], state.best_epoch, select_on,
+             settings["select_metric"])
     return metrics
 
 
