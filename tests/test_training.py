@@ -50,6 +50,11 @@ def dataset(tmp_path_factory):
     return root
 
 
+def split_sizes(dataset, fold=1) -> dict:
+    folds = pd.read_parquet(dataset / "folds.parquet").query("protocol == 'loso_speaker' and fold == @fold")
+    return folds["split"].value_counts().to_dict()
+
+
 def settings(**training):
     config = validate_config({
         "datasets": {"toy": {"layout": "generic", "path": "x", "classes": CLASSES}},
@@ -70,13 +75,14 @@ def lora_run(dataset, tmp_path_factory):
     return out, train_run(dataset, out)
 
 
-def test_lora_run_writes_every_output(lora_run):
+def test_lora_run_writes_every_output(lora_run, dataset):
     out, metrics = lora_run
     assert sorted(p.name for p in out.iterdir()) == ["history.csv", "metrics.json", "predictions.parquet", "weights"]
     assert json.loads((out / "metrics.json").read_text())["run"] == metrics["run"]
     assert set(metrics["test"]) == {"uar", "war", "macro_f1", "per_class_recall", "confusion_matrix", "n"}
     assert metrics["selected_on"] == "val" and metrics["selected_on_test"] is False
     assert metrics["select_metric"] == "uar"
+    assert metrics["trained_on"] == ["train"] and metrics["n_train"] == split_sizes(dataset)["train"] == 64
     assert 1 <= metrics["best_epoch"] <= 3 and metrics["test"]["n"] == 16
     assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"]
     assert metrics["provenance"]["settings"]["lr"] == 3e-3 and metrics["wall_seconds"] > 0
@@ -225,6 +231,7 @@ def test_untrained_references(dataset, tmp_path):
     init = train_run(dataset, tmp_path / "init", method="lora_init")
     train_run(dataset, tmp_path / "random", method="lora_random")
     assert init["epochs"] == 0 and init["selected_on"] is None and init["select_metric"] is None
+    assert init["trained_on"] == [] and init["n_train"] == 0 and init["val"] is not None
     assert pd.read_csv(tmp_path / "init" / "history.csv").empty
     init_model = load_trained(tmp_path / "init" / "weights", dataset / "tiny", CLASSES, "lora_init")
     random_model = load_trained(tmp_path / "random" / "weights", dataset / "tiny", CLASSES, "lora_random")
@@ -244,6 +251,13 @@ def test_legacy_selection_on_test_is_recorded(dataset, tmp_path):
                            dataset / "manifest.parquet", dataset / "folds.parquet", tmp_path / "legacy")
     assert metrics["selected_on"] == "test" and metrics["selected_on_test"] is True
     assert "test_uar" in pd.read_csv(tmp_path / "legacy" / "history.csv").columns
+    # The original trained on every non-test clip: the fold's validation split joins training,
+    # so it has no held-out score.
+    sizes = split_sizes(dataset)
+    assert metrics["trained_on"] == ["train", "val"] and metrics["n_train"] == sizes["train"] + sizes["val"]
+    assert metrics["val"] is None
+    predictions = pd.read_parquet(tmp_path / "legacy" / "predictions.parquet")
+    assert predictions["split"].value_counts().to_dict() == {"test": sizes["test"]}
 
 
 def test_bad_targets_and_missing_fold_stop_before_training(dataset, tmp_path):
