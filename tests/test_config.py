@@ -52,11 +52,17 @@ def test_every_schema_property_has_a_description():
          r"datasets\.x\.classes: required for layout 'generic', which has no standard class set"),
         ({"datasets": {"x": {"layout": "emobox", "path": "p"}}},
          r"datasets\.x\.classes: required for layout 'emobox'"),
+        ({"training": {"select_metric": "f1"}}, r"training\.select_metric: 'f1' is not one of \['uar', 'war'\]"),
     ],
 )
 def test_invalid_configs_name_the_key(config, expected):
     with pytest.raises(InputError, match=expected):
         validate_config(config)
+
+
+def test_select_metric_defaults_to_uar_and_accepts_war():
+    assert validate_config({})["training"]["select_metric"] == "uar"
+    assert validate_config({"training": {"select_metric": "war"}})["training"]["select_metric"] == "war"
 
 
 def test_config_file_errors(tmp_path):

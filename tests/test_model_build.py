@@ -89,3 +89,29 @@ def test_bad_model_specs_name_the_key(spec, expected):
 def test_tiny_heads_must_divide_width(tmp_path):
     with pytest.raises(InputError, match=r"heads \(3\) must divide d_model \(64\)"):
         build_checkpoint("t", model_spec(source="tiny_random", heads=3), tmp_path / "t")
+
+
+@pytest.mark.parametrize("method, targets, rank", [("lora", "q_proj+v_proj", 4), ("frozen", "none", 0),
+                                                   ("full", "none", 0)])
+def test_a_float16_checkpoint_trains_with_float32_weights(tiny, tmp_path, method, targets, rank):
+    """transformers 5 loads a checkpoint in its stored dtype by default; training must not run
+    on fp16 master weights (GPUs get bf16 through autocast instead)."""
+    import shutil
+
+    from transformers import WhisperForConditionalGeneration
+
+    from workflow_scripts.runs import Run
+    from workflow_scripts.train.methods import build_model
+
+    half = tmp_path / "half"
+    WhisperForConditionalGeneration.from_pretrained(tiny).half().save_pretrained(half)
+    shutil.copy(tiny / "preprocessor_config.json", half)
+    # The checkpoint folder keeps the stored precision (a copy, not a conversion).
+    build_checkpoint("half", model_spec(source="local", path=str(half)), tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["dtype"] == "float16"
+
+    lora = validate_config({})["training"]["lora"]
+    model = build_model(tmp_path / "model", CLASSES, Run("d", "p", "half", method, targets, rank, 0, 1), lora)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    assert any(p.requires_grad for p in model.parameters())
+    assert {name: d for name, d in dtypes.items() if d != torch.float32} == {}

@@ -59,6 +59,7 @@ def test_faithful_overlay_dry_runs(iemocap_workdir):
     assert "results/runs/iemocap/legacy_dialog10/whisper-large-v2/lora/v_proj/r32/seed42/fold10/" in text
     # The overlay reaches the runs: selection on test under legacy, visible in their settings.
     assert '"select_on":"test"' in text and '"legacy":true' in text
+    assert '"select_metric":"war"' in text  # the original's metric_for_best_model="accuracy"
 
 
 def test_config_without_classes_dry_runs_with_the_layout_default(iemocap_workdir):

@@ -110,3 +110,14 @@ def test_entry_point_writes_both_files(paths, tmp_path):
     assert len(csv) == 3
     assert {"select_metric", "uar_seed_std", "uar_std_ddof0", "uar_ci_low"} <= set(csv.columns)
     assert (tmp_path / "p.md").read_text().startswith("| dataset | protocol |")
+
+
+def test_untrained_references_record_no_selection_and_carry_no_marker(tmp_path):
+    # train.run writes "select_metric": null for lora_init / lora_random: they select no epoch.
+    path = write_metrics(tmp_path, "lora_init", 0, 1, 0.25, 0.25, 0.1)
+    metrics = json.loads(open(path).read())
+    metrics["select_metric"] = None
+    open(path, "w").write(json.dumps(metrics))
+    table = performance_table(collect([path]))
+    assert table["select_metric"].tolist() == ["none"]
+    assert "| lora_init | v_proj | 8 |" in markdown(table)

@@ -50,6 +50,11 @@ def dataset(tmp_path_factory):
     return root
 
 
+def split_sizes(dataset, fold=1) -> dict:
+    folds = pd.read_parquet(dataset / "folds.parquet").query("protocol == 'loso_speaker' and fold == @fold")
+    return folds["split"].value_counts().to_dict()
+
+
 def settings(**training):
     config = validate_config({
         "datasets": {"toy": {"layout": "generic", "path": "x", "classes": CLASSES}},
@@ -70,12 +75,14 @@ def lora_run(dataset, tmp_path_factory):
     return out, train_run(dataset, out)
 
 
-def test_lora_run_writes_every_output(lora_run):
+def test_lora_run_writes_every_output(lora_run, dataset):
     out, metrics = lora_run
     assert sorted(p.name for p in out.iterdir()) == ["history.csv", "metrics.json", "predictions.parquet", "weights"]
     assert json.loads((out / "metrics.json").read_text())["run"] == metrics["run"]
     assert set(metrics["test"]) == {"uar", "war", "macro_f1", "per_class_recall", "confusion_matrix", "n"}
     assert metrics["selected_on"] == "val" and metrics["selected_on_test"] is False
+    assert metrics["select_metric"] == "uar"
+    assert metrics["trained_on"] == ["train"] and metrics["n_train"] == split_sizes(dataset)["train"] == 64
     assert 1 <= metrics["best_epoch"] <= 3 and metrics["test"]["n"] == 16
     assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"]
     assert metrics["provenance"]["settings"]["lr"] == 3e-3 and metrics["wall_seconds"] > 0
@@ -85,6 +92,16 @@ def test_lora_run_writes_every_output(lora_run):
     predictions = pd.read_parquet(out / "predictions.parquet")
     assert list(predictions.columns) == ["utt_id", "split", "label", "prediction", "logits"]
     assert predictions["split"].value_counts().to_dict() == {"val": 16, "test": 16}
+
+
+def test_predictions_carry_the_run_s_provenance(lora_run):
+    from workflow_scripts.provenance import read_provenance
+
+    out, metrics = lora_run
+    record = read_provenance(out / "predictions.parquet")
+    assert record["run"] == metrics["run"] and record["step"] == "train"
+    assert record["config_hash"] and record["git_commit"] and record["packages"]["torch"]
+    assert record == json.loads((out / "metrics.json").read_text())["provenance"]
 
 
 def test_parameter_counts_leave_out_peft_s_copy_of_the_head(lora_run, dataset):
@@ -168,6 +185,43 @@ def test_class_weights_known_answer():
     torch.testing.assert_close(weights, torch.tensor([0.5, 1.5, 0.75, 1.5]))
 
 
+def test_best_epoch_is_the_earliest_maximum_of_the_chosen_metric():
+    from workflow_scripts.train.loop import best_epoch
+
+    history = [{"epoch": 1, "val_uar": 0.50, "val_war": 0.60},
+               {"epoch": 2, "val_uar": 0.70, "val_war": 0.60},
+               {"epoch": 3, "val_uar": 0.60, "val_war": 0.80},
+               {"epoch": 4, "val_uar": 0.70, "val_war": 0.80}]
+    assert best_epoch(history, "val_uar") == 2  # tied with epoch 4: the earliest
+    assert best_epoch(history, "val_war") == 3
+    assert best_epoch(history[:1], "val_war") == 1
+
+
+@pytest.mark.parametrize("metric, expected_epoch", [("uar", 2), ("war", 3)])
+def test_the_loop_keeps_the_epoch_the_select_metric_picks(dataset, tmp_path, monkeypatch, metric,
+                                                          expected_epoch):
+    """The toy validation split is balanced (UAR = WAR), so the loop's per-epoch scores are
+    scripted here to disagree; the run must keep the weights of the epoch its metric picks."""
+    from workflow_scripts.train import loop
+
+    scores = [(0.50, 0.60), (0.70, 0.60), (0.60, 0.80)]  # (UAR, WAR) of epochs 1-3
+    snapshots = []
+
+    def scripted_evaluate(classifier, data, classes, settings, device):
+        snapshots.append(loop.trainable_state(classifier))
+        uar, war = scores[len(snapshots) - 1]
+        return {"uar": uar, "war": war, "macro_f1": 0.0}, None
+
+    monkeypatch.setattr(loop, "evaluate", scripted_evaluate)
+    out = tmp_path / metric
+    metrics = train_run(dataset, out, method="frozen", targets="none", rank=0, select_metric=metric)
+    assert metrics["select_metric"] == metric and metrics["best_epoch"] == expected_epoch
+    kept = next(v for k, v in snapshots[expected_epoch - 1].items() if k.endswith("classifier.weight"))
+    saved = load_trained(out / "weights", dataset / "tiny", CLASSES, "frozen").classifier.weight
+    torch.testing.assert_close(saved, kept)
+    assert not torch.equal(saved, next(v for k, v in snapshots[0].items() if k.endswith("classifier.weight")))
+
+
 def test_class_weighted_run(dataset, tmp_path):
     metrics = train_run(dataset, tmp_path / "weighted", class_weighted=True, epochs=1)
     assert metrics["provenance"]["settings"]["class_weighted"] is True
@@ -176,7 +230,8 @@ def test_class_weighted_run(dataset, tmp_path):
 def test_untrained_references(dataset, tmp_path):
     init = train_run(dataset, tmp_path / "init", method="lora_init")
     train_run(dataset, tmp_path / "random", method="lora_random")
-    assert init["epochs"] == 0 and init["selected_on"] is None
+    assert init["epochs"] == 0 and init["selected_on"] is None and init["select_metric"] is None
+    assert init["trained_on"] == [] and init["n_train"] == 0 and init["val"] is not None
     assert pd.read_csv(tmp_path / "init" / "history.csv").empty
     init_model = load_trained(tmp_path / "init" / "weights", dataset / "tiny", CLASSES, "lora_init")
     random_model = load_trained(tmp_path / "random" / "weights", dataset / "tiny", CLASSES, "lora_random")
@@ -196,6 +251,13 @@ def test_legacy_selection_on_test_is_recorded(dataset, tmp_path):
                            dataset / "manifest.parquet", dataset / "folds.parquet", tmp_path / "legacy")
     assert metrics["selected_on"] == "test" and metrics["selected_on_test"] is True
     assert "test_uar" in pd.read_csv(tmp_path / "legacy" / "history.csv").columns
+    # The original trained on every non-test clip: the fold's validation split joins training,
+    # so it has no held-out score.
+    sizes = split_sizes(dataset)
+    assert metrics["trained_on"] == ["train", "val"] and metrics["n_train"] == sizes["train"] + sizes["val"]
+    assert metrics["val"] is None
+    predictions = pd.read_parquet(tmp_path / "legacy" / "predictions.parquet")
+    assert predictions["split"].value_counts().to_dict() == {"test": sizes["test"]}
 
 
 def test_bad_targets_and_missing_fold_stop_before_training(dataset, tmp_path):

@@ -61,7 +61,9 @@ def _tiny_random(spec: dict, out: Path) -> dict:
 
 
 def _copy_pretrained(source: str, out: Path) -> None:
-    """Load a checkpoint (hub id or folder) and save it, with its feature extractor."""
+    """Load a checkpoint (hub id or folder) and save it, with its feature extractor. The weights
+    keep their stored precision (an fp16 checkpoint stays half the size); :func:`load_classifier`
+    loads them in float32."""
     from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     WhisperForConditionalGeneration.from_pretrained(source).save_pretrained(out)
@@ -131,7 +133,9 @@ def load_classifier(checkpoint: str | Path, classes: list[str], seed: int = 0, *
     """``WhisperForAudioClassification`` from a checkpoint folder; only the head is new.
 
     The head (projector, classifier) is initialised under ``seed``, so a run is a function of
-    its config and seed. Raises if anything but the head had to be initialised.
+    its config and seed. Raises if anything but the head had to be initialised. Weights load in
+    float32 whatever the checkpoint stores (transformers 5 would keep an fp16 checkpoint in fp16,
+    and train fp16 master weights); GPUs get bf16 through autocast.
     """
     from transformers import WhisperForAudioClassification
     from transformers.utils import logging as hf_logging
@@ -143,7 +147,7 @@ def load_classifier(checkpoint: str | Path, classes: list[str], seed: int = 0, *
         model, info = WhisperForAudioClassification.from_pretrained(
             checkpoint, num_labels=len(classes), id2label=dict(enumerate(classes)),
             label2id={c: i for i, c in enumerate(classes)}, output_loading_info=True,
-            attn_implementation="sdpa", **config_overrides,
+            attn_implementation="sdpa", dtype=torch.float32, **config_overrides,
         )
     finally:
         hf_logging.set_verbosity(verbosity)

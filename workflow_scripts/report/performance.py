@@ -39,6 +39,7 @@ METRICS = {"uar": "UAR", "war": "WAR", "macro_f1": "macro-F1"}
 METRIC_RANGE = (0.0, 1.0)  # every metric in METRICS is a proportion
 DEFAULT_SELECT_METRIC = "uar"  # what runs recorded before metrics.json carried select_metric used
 NOT_ESTIMABLE = "—"
+NO_SELECTION = "none"  # select_metric of the untrained references, which select no epoch
 
 
 def collect(paths: list[str]) -> pd.DataFrame:
@@ -47,7 +48,9 @@ def collect(paths: list[str]) -> pd.DataFrame:
     for path in paths:
         metrics = json.loads(Path(path).read_text())
         select_metric = metrics.get("select_metric", DEFAULT_SELECT_METRIC)
-        if select_metric not in METRICS:
+        if select_metric is None:  # an untrained reference: no epoch was selected
+            select_metric = NO_SELECTION
+        elif select_metric not in METRICS:
             raise InputError(f"{path}: select_metric is {select_metric!r}; expected one of {sorted(METRICS)}")
         rows.append({
             **{k: metrics[k] for k in CONFIGURATION + ["seed", "fold"]},
@@ -86,6 +89,8 @@ def _cell(row: pd.Series, metric: str) -> str:
 
 def _method(row: pd.Series) -> str:
     """The method, marked when its best epoch was chosen on the test fold or not on UAR."""
+    if row["select_metric"] == NO_SELECTION:
+        return row["method"]
     by = "" if row["select_metric"] == DEFAULT_SELECT_METRIC else f" by {METRICS[row['select_metric']]}"
     if row["selected_on_test"]:
         return f"{row['method']} (selected on test{by})"

@@ -2,7 +2,8 @@
 
 Each epoch trains on length-bucketed batches, then scores the selection split (validation by
 default; the test fold only under ``legacy``, as the original did) and keeps the parameters of
-the epoch with the best UAR (the earliest on ties). After every epoch the whole state --
+the epoch with the best ``select_metric`` (UAR by default; WAR, i.e. accuracy, as the original;
+the earliest on ties). After every epoch the whole state --
 parameters, optimizer, schedule, random-number state, best-so-far and history -- is saved to
 ``resume_file`` (atomically), so a killed job, rerun, continues after its last finished epoch
 and ends where an uninterrupted run ends (on a CPU, bit for bit).
@@ -97,6 +98,12 @@ def load_parameters(classifier: torch.nn.Module, parameters: dict) -> None:
         raise RuntimeError(f"saved parameters do not fit the model: {result.unexpected_keys[:5]}")
 
 
+def best_epoch(history: list[dict], column: str) -> int:
+    """The earliest epoch of ``history`` (one row per epoch) with the highest ``column``."""
+    best = max(row[column] for row in history)
+    return next(row["epoch"] for row in history if row[column] == best)
+
+
 def _save_resume(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -150,6 +157,7 @@ def train(
     if state.epoch == 0 and settings["epochs"] == 0:
         state.best_parameters = trainable_state(classifier)
     max_frames = max_frames_of(settings["max_seconds"])
+    select_column = f"{settings['select_on']}_{settings['select_metric']}"
     for epoch in range(state.epoch + 1, settings["epochs"] + 1):
         started = time.perf_counter()
         classifier.train()
@@ -178,8 +186,8 @@ def train(
                f"{settings['select_on']}_macro_f1": report["macro_f1"],
                "seconds": time.perf_counter() - started}
         state.history.append(row)
-        if report["uar"] > state.best_score:
-            state.best_score, state.best_epoch = report["uar"], epoch
+        if best_epoch(state.history, select_column) == epoch:
+            state.best_score, state.best_epoch = row[select_column], epoch
             state.best_parameters = trainable_state(classifier)
         state.epoch = epoch
         log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})

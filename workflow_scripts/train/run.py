@@ -4,10 +4,15 @@ Reads the dataset's manifest, folds and log-mel cache and the model checkpoint; 
 the run's folder:
 
 ``weights/``             what was trained (see ``workflow_scripts.train.methods``)
-``metrics.json``         test UAR, WAR, macro-F1, per-class recall, confusion matrix, best epoch,
-                         the split it was selected on, parameter counts, wall time, provenance
-``predictions.parquet``  utt_id, split, label, prediction, logits (validation and test clips)
+``metrics.json``         test (and validation) UAR, WAR, macro-F1, per-class recall, confusion
+                         matrix, best epoch, the split and metric it was selected on, the splits
+                         trained on, parameter counts, wall time, provenance
+``predictions.parquet``  utt_id, split, label, prediction, logits (validation and test clips);
+                         the provenance of metrics.json in its metadata
 ``history.csv``          one row per epoch
+
+Selecting on the test fold (``legacy`` only) trains on train + val, as the original trained on
+every non-test clip; validation then has no held-out score (``val`` is null, no val predictions).
 
 ``metrics.json`` is written last: a run without it is unfinished. While training, the run's
 ``.resume/`` folder holds the last finished epoch; a rerun continues from there.
@@ -67,6 +72,21 @@ def load_splits(run: Run, manifest: pd.DataFrame, folds: pd.DataFrame, store: Fe
     return splits
 
 
+def training_data(splits: dict[str, SplitData], select_on: str) -> tuple[SplitData, list[str]]:
+    """The clips a run trains on, and the names of the splits they come from.
+
+    Selecting on the test fold (``legacy`` only) leaves no use for the validation split, and the
+    original trained on every non-test clip: then train and val are trained on together.
+    """
+    names = ["train", "val"] if select_on == "test" else ["train"]
+    parts = [splits[name] for name in names]
+    return SplitData(
+        clips=[clip for part in parts for clip in part.clips],
+        labels=np.concatenate([part.labels for part in parts]),
+        utt_ids=[utt for part in parts for utt in part.utt_ids],
+    ), names
+
+
 def input_fingerprint(paths: list[Path]) -> list:
     """Name, size and modification time of each input (the top level of a folder): any rebuild
     of an input changes it."""
@@ -104,19 +124,23 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
     run_key = config_hash({"run": run.id, "settings": settings,
                            "inputs": input_fingerprint([checkpoint, features, manifest, folds])})
     resume_file = out / ".resume" / "state.pt"
-    state = train(classifier, splits["train"], splits[select_on], classes, {**settings, "epochs": epochs},
+    fit_data, fit_splits = training_data(splits, select_on)
+    trained_on = fit_splits if epochs else []
+    state = train(classifier, fit_data, splits[select_on], classes, {**settings, "epochs": epochs},
                   run.seed, resume_file, run_key)
 
     device = pick_device(settings["device"])
     test_report, test_logits = evaluate(classifier, splits["test"], classes, settings, device)
-    val_report, val_logits = evaluate(classifier, splits["val"], classes, settings, device)
+    tables = [predictions_table("test", splits["test"], test_logits, classes)]
+    val_report = None  # a split the model trained on has no held-out score
+    if "val" not in trained_on:
+        val_report, val_logits = evaluate(classifier, splits["val"], classes, settings, device)
+        tables.insert(0, predictions_table("val", splits["val"], val_logits, classes))
     classifier.to("cpu")
+    record = provenance("train", settings, run=run.id)
     with atomic_path(out / "weights", directory=True) as tmp:
         save_weights(model, run.method, tmp)
-    write_table(out / "predictions.parquet", pd.concat([
-        predictions_table("val", splits["val"], val_logits, classes),
-        predictions_table("test", splits["test"], test_logits, classes),
-    ], ignore_index=True))
+    write_table(out / "predictions.parquet", pd.concat(tables, ignore_index=True), provenance=record)
     history = pd.DataFrame(state.history, columns=["epoch", "train_loss", "lr", f"{select_on}_uar",
                                                    f"{select_on}_war", f"{select_on}_macro_f1", "seconds"])
     write_table(out / "history.csv", history)
@@ -129,16 +153,19 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
         "epochs": epochs,
         "selected_on": select_on if epochs else None,
         "selected_on_test": bool(epochs) and select_on == "test",
+        "select_metric": settings["select_metric"] if epochs else None,
         **counts,
-        "n_train": len(splits["train"].clips),
+        "trained_on": trained_on,
+        "n_train": len(fit_data.clips) if epochs else 0,
         "wall_seconds": time.perf_counter() - started,
         "device": str(device),
-        "provenance": provenance("train", settings, run=run.id),
+        "provenance": record,
     }
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / ".resume", ignore_errors=True)
-    log.info("%s: test UAR %.4f WAR %.4f F1 %.4f (best epoch %d on %s)", run.id, test_report["uar"],
-             test_report["war"], test_report["macro_f1"], state.best_epoch, select_on)
+    log.info("%s: test UAR %.4f WAR %.4f F1 %.4f (best epoch %d by %s %s)", run.id, test_report["uar"],
+             test_report["war"], test_report["macro_f1"], state.best_epoch, select_on,
+             settings["select_metric"])
     return metrics
 
 
