@@ -13,7 +13,7 @@ sys.path.insert(0, workflow.basedir)
 import pandas as pd
 
 from workflow_scripts.config import validate_config
-from workflow_scripts.data.folds import PROTOCOLS
+from workflow_scripts.data.folds import PROTOCOLS, fold_settings
 from workflow_scripts.runs import (
     METHODS,
     RUN_PATTERN,
@@ -66,9 +66,15 @@ def manifest_spec_json(wildcards):
 
 
 def folds_spec_json(wildcards):
-    """A dataset's settings for its folds: the classes and the fold protocols."""
+    """The settings of one protocol's fold table (classes, val_fraction, seed, ...)."""
     spec = config["datasets"][wildcards.dataset]
-    return as_json({"classes": spec["classes"], "folds": spec["folds"]})
+    return as_json(fold_settings(spec, wildcards.protocol, wildcards.dataset))
+
+
+def fold_tables(dataset):
+    """The fold table of each protocol configured for ``dataset``."""
+    protocols = config["datasets"][dataset]["folds"]["protocols"]
+    return [f"results/data/{dataset}/folds/{protocol}.parquet" for protocol in protocols]
 
 
 def dataset_source(wildcards):
@@ -84,10 +90,9 @@ RUN_DIR = f"results/runs/{RUN_PATTERN}"
 
 
 def folds_of(dataset, protocol):
-    """Fold numbers of a protocol, read from the fold table (built first: a checkpoint)."""
-    table = checkpoints.folds.get(dataset=dataset).output[0]
-    folds = pd.read_parquet(table, columns=["protocol", "fold"])
-    return sorted(folds.loc[folds["protocol"] == protocol, "fold"].unique().tolist())
+    """Fold numbers of a protocol, read from its fold table (built first: a checkpoint)."""
+    table = checkpoints.folds.get(dataset=dataset, protocol=protocol).output[0]
+    return sorted(pd.read_parquet(table, columns=["fold"])["fold"].unique().tolist())
 
 
 def training_runs():
@@ -110,9 +115,9 @@ def run_features(wildcards):
 def final_outputs(wildcards):
     """What `snakemake` with no target builds."""
     data = [
-        f"results/data/{dataset}/{name}"
+        path
         for dataset in DATASETS
-        for name in ("manifest.parquet", "folds.parquet")
+        for path in [f"results/data/{dataset}/manifest.parquet", *fold_tables(dataset)]
     ]
     features = [f"results/features/{d}/logmel{n}.zarr" for d in DATASETS for n in MEL_BINS]
     models = [f"results/models/{model}" for model in MODELS]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from workflow_scripts.config import validate_config
-from workflow_scripts.data.folds import build_folds
+from workflow_scripts.data.folds import build_folds, fold_settings
 from workflow_scripts.errors import InputError
 from workflow_scripts.features import FeatureStoreWriter
 from workflow_scripts.models.build import build_checkpoint
@@ -43,7 +43,8 @@ def dataset(tmp_path_factory):
                     rows.append({"utt_id": utt, "label": label, "speaker": f"s{speaker}", "gender": "F"})
     manifest = pd.DataFrame(rows)
     manifest.to_parquet(root / "manifest.parquet")
-    folds = build_folds("toy", manifest, {"classes": CLASSES, "folds": {"protocols": ["loso_speaker"]}})
+    spec = {"classes": CLASSES, "folds": {"protocols": ["loso_speaker"]}}
+    folds = build_folds("toy", manifest, "loso_speaker", fold_settings(spec, "loso_speaker", "toy"))
     folds.to_parquet(root / "folds.parquet")
     build_checkpoint("tiny", {"source": "tiny_random", "num_mel_bins": 80, "layers": 2, "d_model": 32,
                               "heads": 2, "ffn_dim": 64, "seed": 0}, root / "tiny")

@@ -75,9 +75,10 @@ def test_full_data_stage_then_incremental_rerun(workdir):
     data = workdir / "results" / "data" / "demo"
     manifest = pd.read_parquet(data / "manifest.parquet")
     assert len(manifest) == 32 and manifest["speaker"].nunique() == 4
-    folds = pd.read_parquet(data / "folds.parquet")
-    assert sorted(folds["protocol"].unique()) == ["holdout", "loso_speaker"]
-    assert folds[folds.protocol == "loso_speaker"]["fold"].nunique() == 4
+    for protocol, n_folds in (("loso_speaker", 4), ("holdout", 1)):  # one table per protocol
+        folds = pd.read_parquet(data / "folds" / f"{protocol}.parquet")
+        assert list(folds.columns) == ["protocol", "fold", "utt_id", "split"]
+        assert set(folds["protocol"]) == {protocol} and folds["fold"].nunique() == n_folds
     assert (data / "audio.zarr" / "zarr.json").is_file()
     assert pd.read_csv(data / "rejected.csv").empty
     from workflow_scripts.features import FeatureStore
@@ -85,8 +86,8 @@ def test_full_data_stage_then_incremental_rerun(workdir):
     features = FeatureStore(str(workdir / "results" / "features" / "demo" / "logmel80.zarr"))
     assert features.utt_ids == manifest["utt_id"].tolist() and features.n_mels == 80
     assert (workdir / "results" / "models" / "tiny" / "model.safetensors").is_file()
-    for log in ("demo_corpus.log", "manifest/demo.log", "folds/demo.log", "audio_cache/demo.log",
-                "features/demo_logmel80.log", "model/tiny.log"):
+    for log in ("demo_corpus.log", "manifest/demo.log", "folds/demo/loso_speaker.log", "folds/demo/holdout.log",
+                "audio_cache/demo.log", "features/demo_logmel80.log", "model/tiny.log"):
         assert (workdir / "results" / "logs" / log).is_file()
 
     tables = workdir / "results" / "tables"
