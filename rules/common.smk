@@ -104,7 +104,7 @@ def run_metrics(wildcards):
 
 
 def run_spec_json(wildcards):
-    return as_json(run_settings(config, wildcards.dataset))
+    return as_json(run_settings(config, wildcards.dataset, wildcards.method))
 
 
 def run_features(wildcards):

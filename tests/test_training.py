@@ -51,17 +51,18 @@ def dataset(tmp_path_factory):
     return root
 
 
-def settings(**training):
+def settings(method="lora", **training):
+    """A run's settings, as the workflow passes them: only those its method uses."""
     config = validate_config({
         "datasets": {"toy": {"layout": "generic", "path": "x", "classes": CLASSES}},
         "training": {"epochs": 3, "lr": 3e-3, "batch_size": 8, "device": "cpu", **training},
     })
-    return run_settings(config, "toy")
+    return run_settings(config, "toy", method)
 
 
 def train_run(dataset, out, method="lora", targets="q_proj+v_proj", rank=4, seed=0, fold=1, **training):
     run = Run("toy", "loso_speaker", "tiny", method, targets, rank, seed, fold)
-    return run_training(run, settings(**training), dataset / "tiny", dataset / "logmel80.zarr",
+    return run_training(run, settings(method, **training), dataset / "tiny", dataset / "logmel80.zarr",
                         dataset / "manifest.parquet", dataset / "folds.parquet", out)
 
 
@@ -187,13 +188,28 @@ def test_untrained_references(dataset, tmp_path):
     assert float(b_random.std()) == pytest.approx(0.02, rel=0.15)  # the original's N(0, 0.02)
 
 
+def test_references_and_frozen_run_without_the_settings_they_do_not_use(dataset, tmp_path):
+    reference = settings("lora_random")
+    assert "lr" not in reference and "select_on" not in reference and "epochs" not in reference
+    metrics = run_training(Run("toy", "loso_speaker", "tiny", "lora_random", "v_proj", 4, 0, 1), reference,
+                           dataset / "tiny", dataset / "logmel80.zarr", dataset / "manifest.parquet",
+                           dataset / "folds.parquet", tmp_path / "reference")
+    assert metrics["epochs"] == 0 and metrics["best_epoch"] == 0 and metrics["selected_on"] is None
+    frozen = settings("frozen", epochs=1)
+    assert "lora" not in frozen
+    metrics = run_training(Run("toy", "loso_speaker", "tiny", "frozen", "none", 0, 0, 1), frozen, dataset / "tiny",
+                           dataset / "logmel80.zarr", dataset / "manifest.parquet", dataset / "folds.parquet",
+                           tmp_path / "frozen")
+    assert metrics["epochs"] == 1 and metrics["selected_on"] == "val"
+
+
 def test_legacy_selection_on_test_is_recorded(dataset, tmp_path):
     config = validate_config({
         "legacy": True, "datasets": {"toy": {"layout": "generic", "path": "x", "classes": CLASSES}},
         "training": {"epochs": 1, "lr": 3e-3, "device": "cpu", "select_on": "test"},
     })
     run = Run("toy", "loso_speaker", "tiny", "frozen", "none", 0, 0, 1)
-    metrics = run_training(run, run_settings(config, "toy"), dataset / "tiny", dataset / "logmel80.zarr",
+    metrics = run_training(run, run_settings(config, "toy", "frozen"), dataset / "tiny", dataset / "logmel80.zarr",
                            dataset / "manifest.parquet", dataset / "folds.parquet", tmp_path / "legacy")
     assert metrics["selected_on"] == "test" and metrics["selected_on_test"] is True
     assert "test_uar" in pd.read_csv(tmp_path / "legacy" / "history.csv").columns

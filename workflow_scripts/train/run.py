@@ -31,8 +31,8 @@ from workflow_scripts.errors import InputError
 from workflow_scripts.features import FeatureStore
 from workflow_scripts.models.encoder import EmotionClassifier
 from workflow_scripts.provenance import provenance
-from workflow_scripts.runs import TRAINED_METHODS, Run, run_settings
-from workflow_scripts.train.loop import SplitData, evaluate, pick_device, train
+from workflow_scripts.runs import LORA_METHODS, TRAINED_METHODS, Run, run_settings
+from workflow_scripts.train.loop import SplitData, TrainingState, evaluate, pick_device, train
 from workflow_scripts.train.methods import build_model, parameter_counts, save_weights
 
 log = logging.getLogger(__name__)
@@ -95,19 +95,24 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
     torch.use_deterministic_algorithms(True, warn_only=True)
     store = FeatureStore(str(features))
     splits = load_splits(run, pd.read_parquet(manifest), pd.read_parquet(folds), store, classes)
-    model = build_model(checkpoint, classes, run, settings["lora"])
+    model = build_model(checkpoint, classes, run, settings["lora"] if run.method in LORA_METHODS else None)
     classifier = EmotionClassifier(model, legacy=settings["legacy"])
     counts = parameter_counts(model)
-    select_on = settings["select_on"]
-    epochs = settings["epochs"] if run.method in TRAINED_METHODS else 0
-    # A leftover resume state is used only if neither the settings nor any input changed.
-    run_key = config_hash({"run": run.id, "settings": settings,
-                           "inputs": input_fingerprint([checkpoint, features, manifest, folds])})
-    resume_file = out / ".resume" / "state.pt"
-    state = train(classifier, splits["train"], splits[select_on], classes, {**settings, "epochs": epochs},
-                  run.seed, resume_file, run_key)
-
     device = pick_device(settings["device"])
+    if run.method in TRAINED_METHODS:
+        select_on, epochs = settings["select_on"], settings["epochs"]
+        # A leftover resume state is used only if neither the settings nor any input changed.
+        run_key = config_hash({"run": run.id, "settings": settings,
+                               "inputs": input_fingerprint([checkpoint, features, manifest, folds])})
+        resume_file = out / ".resume" / "state.pt"
+        state = train(classifier, splits["train"], splits[select_on], classes, settings, run.seed, resume_file,
+                      run_key)
+    else:
+        # The untrained references are scored as initialised (their settings hold no optimisation keys).
+        select_on, epochs = None, 0
+        classifier.to(device)
+        state = TrainingState()
+
     test_report, test_logits = evaluate(classifier, splits["test"], classes, settings, device)
     val_report, val_logits = evaluate(classifier, splits["val"], classes, settings, device)
     classifier.to("cpu")
@@ -117,8 +122,8 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
         predictions_table("val", splits["val"], val_logits, classes),
         predictions_table("test", splits["test"], test_logits, classes),
     ], ignore_index=True))
-    history = pd.DataFrame(state.history, columns=["epoch", "train_loss", "lr", f"{select_on}_uar",
-                                                   f"{select_on}_war", f"{select_on}_macro_f1", "seconds"])
+    scores = [f"{select_on}_{name}" for name in ("uar", "war", "macro_f1")] if select_on else []
+    history = pd.DataFrame(state.history, columns=["epoch", "train_loss", "lr", *scores, "seconds"])
     write_table(out / "history.csv", history)
     metrics = {
         "run": run.id,
@@ -138,7 +143,7 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / ".resume", ignore_errors=True)
     log.info("%s: test UAR %.4f WAR %.4f F1 %.4f (best epoch %d on %s)", run.id, test_report["uar"],
-             test_report["war"], test_report["macro_f1"], state.best_epoch, select_on)
+             test_report["war"], test_report["macro_f1"], state.best_epoch, select_on or "no split: untrained")
     return metrics
 
 
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="the run's folder")
     args = parser.parse_args(argv)
     run = Run.from_wildcards(vars(args))
-    settings = resolve_spec(args, lambda config: run_settings(config, run.dataset))
+    settings = resolve_spec(args, lambda config: run_settings(config, run.dataset, run.method))
     run_training(run, settings, Path(args.checkpoint), Path(args.features), Path(args.manifest),
                  Path(args.folds), Path(args.out))
 
