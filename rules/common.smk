@@ -13,6 +13,7 @@ sys.path.insert(0, workflow.basedir)
 import pandas as pd
 
 from workflow_scripts.config import validate_config
+from workflow_scripts.data.audio_cache import audio_cache_settings
 from workflow_scripts.data.folds import PROTOCOLS, fold_settings
 from workflow_scripts.runs import (
     METHODS,

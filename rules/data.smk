@@ -58,7 +58,7 @@ rule audio_cache:
     output:
         directory("results/data/{dataset}/audio.zarr"),
     params:
-        spec=as_json(config["audio"]),
+        spec=as_json(audio_cache_settings(config)),
     log:
         "results/logs/audio_cache/{dataset}.log",
     conda:

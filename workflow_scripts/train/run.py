@@ -27,8 +27,8 @@ import torch
 from workflow_scripts.atomic import atomic_path, write_json, write_table
 from workflow_scripts.cli import entry_parser, resolve_spec, run_main
 from workflow_scripts.config import config_hash
-from workflow_scripts.errors import InputError
-from workflow_scripts.features import FeatureStore
+from workflow_scripts.errors import InputError, describe_offenders
+from workflow_scripts.features import WINDOW_FRAMES, FeatureStore, max_frames_of
 from workflow_scripts.models.encoder import EmotionClassifier
 from workflow_scripts.provenance import provenance
 from workflow_scripts.runs import LORA_METHODS, TRAINED_METHODS, Run, run_settings
@@ -67,6 +67,24 @@ def load_splits(run: Run, manifest: pd.DataFrame, folds: pd.DataFrame, store: Fe
     return splits
 
 
+def cropped_clips(splits: dict[str, SplitData], settings: dict) -> list[str]:
+    """Ids of the clips with more log-mel frames than a batch holds (``audio.max_seconds``, or
+    Whisper's 30-s window under ``legacy``): the encoder sees only their beginning."""
+    limit = WINDOW_FRAMES if settings["legacy"] else max_frames_of(settings["max_seconds"])
+    limit += limit % 2  # what `collate` keeps: whole frame pairs
+    return [utt for data in splits.values() for utt, n in zip(data.utt_ids, data.lengths) if n > limit]
+
+
+def log_cropped_clips(splits: dict[str, SplitData], settings: dict) -> None:
+    cropped = cropped_clips(splits, settings)
+    if cropped:
+        cap = ("Whisper's 30-s window (legacy)" if settings["legacy"]
+               else f"audio.max_seconds = {settings['max_seconds']} s")
+        log.warning(describe_offenders(
+            f"{len(cropped)} clips of this run are longer than {cap}; the encoder sees only their beginning",
+            cropped))
+
+
 def input_fingerprint(paths: list[Path]) -> list:
     """Name, size and modification time of each input (the top level of a folder): any rebuild
     of an input changes it."""
@@ -95,6 +113,7 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
     torch.use_deterministic_algorithms(True, warn_only=True)
     store = FeatureStore(str(features))
     splits = load_splits(run, pd.read_parquet(manifest), pd.read_parquet(folds), store, classes)
+    log_cropped_clips(splits, settings)
     model = build_model(checkpoint, classes, run, settings["lora"] if run.method in LORA_METHODS else None)
     classifier = EmotionClassifier(model, legacy=settings["legacy"])
     counts = parameter_counts(model)
