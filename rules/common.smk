@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 import sys
+from dataclasses import asdict
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
@@ -113,14 +114,25 @@ def run_features(wildcards):
     return f"results/features/{wildcards.dataset}/logmel{n_mels}.zarr"
 
 
+def run_outputs(run):
+    """Every output of the run's `train` job (weights/, metrics.json, ...)."""
+    return [str(path).format(**asdict(run)) for path in rules.train.output]
+
+
 def final_outputs(wildcards):
-    """What `snakemake` with no target builds."""
+    """What `snakemake` with no target builds: every output of every step, so that one that
+    goes missing (a deleted run folder, a feature cache) is rebuilt, together with what reads it."""
     data = [
         path
         for dataset in DATASETS
-        for path in [f"results/data/{dataset}/manifest.parquet", *fold_tables(dataset)]
+        for path in [
+            f"results/data/{dataset}/manifest.parquet",
+            *fold_tables(dataset),
+            f"results/data/{dataset}/audio.zarr",
+        ]
     ]
     features = [f"results/features/{d}/logmel{n}.zarr" for d in DATASETS for n in MEL_BINS]
     models = [f"results/models/{model}" for model in MODELS]
+    runs = [path for run in training_runs() for path in run_outputs(run)]
     tables = ["results/tables/performance.csv", "results/tables/performance.md"]
-    return data + features + models + tables
+    return data + features + models + runs + tables
