@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 import sys
+from dataclasses import asdict
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
@@ -13,7 +14,8 @@ sys.path.insert(0, workflow.basedir)
 import pandas as pd
 
 from workflow_scripts.config import validate_config
-from workflow_scripts.data.folds import PROTOCOLS
+from workflow_scripts.data.audio_cache import audio_cache_settings
+from workflow_scripts.data.folds import PROTOCOLS, fold_settings
 from workflow_scripts.runs import (
     METHODS,
     RUN_PATTERN,
@@ -66,9 +68,15 @@ def manifest_spec_json(wildcards):
 
 
 def folds_spec_json(wildcards):
-    """A dataset's settings for its folds: the classes and the fold protocols."""
+    """The settings of one protocol's fold table (classes, val_fraction, seed, ...)."""
     spec = config["datasets"][wildcards.dataset]
-    return as_json({"classes": spec["classes"], "folds": spec["folds"]})
+    return as_json(fold_settings(spec, wildcards.protocol, wildcards.dataset))
+
+
+def fold_tables(dataset):
+    """The fold table of each protocol configured for ``dataset``."""
+    protocols = config["datasets"][dataset]["folds"]["protocols"]
+    return [f"results/data/{dataset}/folds/{protocol}.parquet" for protocol in protocols]
 
 
 def dataset_source(wildcards):
@@ -84,10 +92,9 @@ RUN_DIR = f"results/runs/{RUN_PATTERN}"
 
 
 def folds_of(dataset, protocol):
-    """Fold numbers of a protocol, read from the fold table (built first: a checkpoint)."""
-    table = checkpoints.folds.get(dataset=dataset).output[0]
-    folds = pd.read_parquet(table, columns=["protocol", "fold"])
-    return sorted(folds.loc[folds["protocol"] == protocol, "fold"].unique().tolist())
+    """Fold numbers of a protocol, read from its fold table (built first: a checkpoint)."""
+    table = checkpoints.folds.get(dataset=dataset, protocol=protocol).output[0]
+    return sorted(pd.read_parquet(table, columns=["fold"])["fold"].unique().tolist())
 
 
 def training_runs():
@@ -99,7 +106,7 @@ def run_metrics(wildcards):
 
 
 def run_spec_json(wildcards):
-    return as_json(run_settings(config, wildcards.dataset))
+    return as_json(run_settings(config, wildcards.dataset, wildcards.method))
 
 
 def run_features(wildcards):
@@ -107,14 +114,25 @@ def run_features(wildcards):
     return f"results/features/{wildcards.dataset}/logmel{n_mels}.zarr"
 
 
+def run_outputs(run):
+    """Every output of the run's `train` job (weights/, metrics.json, ...)."""
+    return [str(path).format(**asdict(run)) for path in rules.train.output]
+
+
 def final_outputs(wildcards):
-    """What `snakemake` with no target builds."""
+    """What `snakemake` with no target builds: every output of every step, so that one that
+    goes missing (a deleted run folder, a feature cache) is rebuilt, together with what reads it."""
     data = [
-        f"results/data/{dataset}/{name}"
+        path
         for dataset in DATASETS
-        for name in ("manifest.parquet", "folds.parquet")
+        for path in [
+            f"results/data/{dataset}/manifest.parquet",
+            *fold_tables(dataset),
+            f"results/data/{dataset}/audio.zarr",
+        ]
     ]
     features = [f"results/features/{d}/logmel{n}.zarr" for d in DATASETS for n in MEL_BINS]
     models = [f"results/models/{model}" for model in MODELS]
+    runs = [path for run in training_runs() for path in run_outputs(run)]
     tables = ["results/tables/performance.csv", "results/tables/performance.md"]
-    return data + features + models + tables
+    return data + features + models + runs + tables

@@ -35,19 +35,20 @@ rule manifest:
 
 
 # A checkpoint: with `training.folds: all` the run grid reads the number of folds from it.
+# One table per protocol, so that adding a protocol retrains nothing.
 checkpoint folds:
     input:
         "results/data/{dataset}/manifest.parquet",
     output:
-        "results/data/{dataset}/folds.parquet",
+        "results/data/{dataset}/folds/{protocol}.parquet",
     params:
         spec=folds_spec_json,
     log:
-        "results/logs/folds/{dataset}.log",
+        "results/logs/folds/{dataset}/{protocol}.log",
     conda:
         "../envs/data.yaml"
     shell:
-        "python -m workflow_scripts.data.folds --dataset {wildcards.dataset}"
+        "python -m workflow_scripts.data.folds --dataset {wildcards.dataset} --protocol {wildcards.protocol}"
         " --spec {params.spec:q} --manifest {input} --out {output} 2> {log}"
 
 
@@ -57,7 +58,7 @@ rule audio_cache:
     output:
         directory("results/data/{dataset}/audio.zarr"),
     params:
-        spec=as_json(config["audio"]),
+        spec=as_json(audio_cache_settings(config)),
     log:
         "results/logs/audio_cache/{dataset}.log",
     conda:

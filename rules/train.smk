@@ -6,7 +6,7 @@ rule train:
         checkpoint="results/models/{model}",
         features=run_features,
         manifest="results/data/{dataset}/manifest.parquet",
-        folds="results/data/{dataset}/folds.parquet",
+        folds="results/data/{dataset}/folds/{protocol}.parquet",
     output:
         weights=directory(f"{RUN_DIR}/weights"),
         metrics=f"{RUN_DIR}/metrics.json",

@@ -42,20 +42,21 @@ def test_steps_by_hand_from_a_config_file(tmp_path):
     steps = [
         ("workflow_scripts.data.manifest", "--dataset", "toy", "--manifest", f"{out}/manifest.parquet",
          "--rejected", f"{out}/rejected.csv"),
-        ("workflow_scripts.data.folds", "--dataset", "toy", "--manifest", f"{out}/manifest.parquet",
-         "--out", f"{out}/folds.parquet"),
+        ("workflow_scripts.data.folds", "--dataset", "toy", "--protocol", "loso_speaker",
+         "--manifest", f"{out}/manifest.parquet", "--out", f"{out}/folds/loso_speaker.parquet"),
         ("workflow_scripts.data.audio_cache", "--manifest", f"{out}/manifest.parquet", "--out", f"{out}/audio.zarr"),
     ]
     for step in steps:
         result = run(*step, "--config", str(config))
         assert result.returncode == 0, result.stderr
-    provenance = run("workflow_scripts.provenance", f"{out}/folds.parquet")
+    provenance = run("workflow_scripts.provenance", f"{out}/folds/loso_speaker.parquet")
     record = yaml.safe_load(provenance.stdout)
-    assert record["step"] == "folds" and record["settings"]["folds"]["protocols"] == ["loso_speaker"]
+    assert record["step"] == "folds" and record["protocol"] == "loso_speaker"
+    assert record["settings"] == {"classes": ["neutral", "happy", "angry", "sad"], "val_fraction": 0.2, "seed": 0}
 
 
 def test_unknown_dataset_by_hand_is_a_clear_error(tmp_path):
-    result = run("workflow_scripts.data.folds", "--dataset", "nope", "--config", "config/config.yaml",
-                 "--manifest", "m.parquet", "--out", str(tmp_path / "f.parquet"))
+    result = run("workflow_scripts.data.folds", "--dataset", "nope", "--protocol", "loso_speaker",
+                 "--config", "config/config.yaml", "--manifest", "m.parquet", "--out", str(tmp_path / "f.parquet"))
     assert result.returncode == 2
     assert "error: no dataset 'nope' under 'datasets:' (configured: demo)" in result.stderr

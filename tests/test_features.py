@@ -93,7 +93,7 @@ def test_default_collation_crops_to_the_longest_clip_and_caps():
 def test_store_round_trip(tmp_path, extractor):
     paths = [write_tone(tmp_path / f"{name}.wav", seconds=s) for name, s in [("a", 0.5), ("b", 1.27)]]
     manifest = pd.DataFrame({"utt_id": ["a", "b"], "source": [str(p) for p in paths]})
-    write_audio_store(str(tmp_path / "audio.zarr"), manifest, 16000, 30)
+    write_audio_store(str(tmp_path / "audio.zarr"), manifest, 16000)
     audio = AudioStore(str(tmp_path / "audio.zarr"))
     summary = write_feature_store(str(tmp_path / "logmel80.zarr"), audio, 80)
     store = FeatureStore(str(tmp_path / "logmel80.zarr"))

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from workflow_scripts.data.folds import build_folds, make_folds
+from workflow_scripts.data.folds import build_folds, fold_settings, make_folds
 from workflow_scripts.errors import InputError
 
 CLASSES = ["neutral", "happy", "angry", "sad"]
@@ -30,9 +30,37 @@ def iemocap_like_manifest(per_class: int = 3) -> pd.DataFrame:
 SPEC = {"classes": CLASSES, "folds": {"protocols": ["loso_session", "loso_speaker", "legacy_dialog10", "holdout"]}}
 
 
+def folds_of(manifest, protocol, spec=SPEC, name="iemocap"):
+    """One protocol's fold table, as the `folds` rule builds it."""
+    return build_folds(name, manifest, protocol, fold_settings(spec, protocol, name))
+
+
 @pytest.fixture(scope="module")
 def folds():
-    return build_folds("iemocap", iemocap_like_manifest(), SPEC)
+    """Every protocol's table of the IEMOCAP-like manifest, stacked."""
+    manifest = iemocap_like_manifest()
+    return pd.concat([folds_of(manifest, p) for p in SPEC["folds"]["protocols"]], ignore_index=True)
+
+
+def test_a_table_holds_one_protocol():
+    table = folds_of(iemocap_like_manifest(), "holdout")
+    assert list(table.columns) == ["protocol", "fold", "utt_id", "split"]
+    assert set(table["protocol"]) == {"holdout"}
+
+
+def test_fold_settings_hold_only_what_the_protocol_uses():
+    folds = {"protocols": ["loso_speaker", "holdout"], "val_fraction": 0.3, "holdout_test_fraction": 0.25,
+             "seed": 1}
+    spec = {"classes": CLASSES, "label_map": {}, "folds": folds}
+    assert fold_settings(spec, "loso_speaker", "demo") == {"classes": CLASSES, "val_fraction": 0.3, "seed": 1}
+    assert fold_settings(spec, "holdout", "demo") == {"classes": CLASSES, "val_fraction": 0.3, "seed": 1,
+                                                      "holdout_test_fraction": 0.25}
+    # Adding a protocol, or changing what only holdout uses, leaves loso_speaker's table as it is.
+    more = {**spec, "folds": {**folds, "protocols": [*folds["protocols"], "loso_session"],
+                              "holdout_test_fraction": 0.5}}
+    assert fold_settings(more, "loso_speaker", "demo") == fold_settings(spec, "loso_speaker", "demo")
+    with pytest.raises(InputError, match=r"datasets\.demo\.folds\.protocols: 'predefined' is not configured"):
+        fold_settings(spec, "predefined", "demo")
 
 
 def test_fold_counts(folds):
@@ -98,16 +126,16 @@ def test_missing_class_in_a_fold_is_named():
     manifest = iemocap_like_manifest()
     manifest = manifest[~((manifest.session == "Ses03") & (manifest.label == "sad"))]
     with pytest.raises(InputError, match=r"loso_session fold 3 test: no 'sad'"):
-        build_folds("iemocap", manifest, {"classes": CLASSES, "folds": {"protocols": ["loso_session"]}})
+        folds_of(manifest, "loso_session")
 
 
 def test_protocol_needing_a_missing_column_is_refused():
     manifest = iemocap_like_manifest().drop(columns=["group"])
     with pytest.raises(InputError, match=r"'legacy_dialog10' needs the manifest column 'group'"):
-        build_folds("demo", manifest, {"classes": CLASSES, "folds": {"protocols": ["legacy_dialog10"]}})
+        folds_of(manifest, "legacy_dialog10", name="demo")
     manifest["session"] = pd.NA
     with pytest.raises(InputError, match=r"datasets\.demo\.folds\.protocols: 'loso_session' needs"):
-        build_folds("demo", manifest, {"classes": CLASSES, "folds": {"protocols": ["loso_session"]}})
+        folds_of(manifest, "loso_session", name="demo")
 
 
 def test_predefined_folds_follow_the_source():

@@ -44,11 +44,52 @@ def test_run_id_round_trip():
 
 
 def test_run_settings_leave_out_the_grid():
-    settings = run_settings(config_with(seeds=[0, 1, 2]), "demo")
+    settings = run_settings(config_with(seeds=[0, 1, 2]), "demo", "lora")
     assert "seeds" not in settings and "ranks" not in settings
     assert settings["classes"] == ["neutral", "happy", "angry", "sad"]
     assert settings["legacy"] is False and settings["max_seconds"] == 30
-    assert run_settings(config_with(seeds=[0]), "demo") == settings  # adding a seed reruns no old run
+    assert run_settings(config_with(seeds=[0]), "demo", "lora") == settings  # adding a seed reruns no old run
+
+
+OPTIMISATION = {"epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_ratio", "max_grad_norm",
+                "class_weighted", "select_on"}
+
+
+@pytest.mark.parametrize("method, has_optimisation, has_lora", [
+    ("lora", True, True), ("frozen", True, False), ("full", True, False),
+    ("lora_init", False, True), ("lora_random", False, True),
+])
+def test_each_method_gets_only_the_settings_it_uses(method, has_optimisation, has_lora):
+    settings = run_settings(config_with(), "demo", method)
+    if has_optimisation:
+        assert OPTIMISATION <= settings.keys()
+    else:
+        assert not OPTIMISATION & settings.keys()
+    assert ("lora" in settings) is has_lora
+    assert {"eval_batch_size", "device", "legacy", "max_seconds", "classes"} <= settings.keys()
+
+
+def test_a_setting_a_method_does_not_use_does_not_change_its_settings():
+    base = config_with()
+    assert run_settings(config_with(lr=1e-2, epochs=3, select_on="val"), "demo", "lora_init") == \
+        run_settings(base, "demo", "lora_init")
+    assert run_settings(config_with(lora={"dropout": 0.3}), "demo", "frozen") == run_settings(base, "demo", "frozen")
+    assert run_settings(config_with(lr=1e-2), "demo", "frozen") != run_settings(base, "demo", "frozen")
+    assert run_settings(config_with(lora={"dropout": 0.3}), "demo", "lora_random") != \
+        run_settings(base, "demo", "lora_random")
+
+
+def test_select_metric_is_an_optimisation_setting():
+    """A key of the selection (select_metric, added by another branch) stays out of the references."""
+    config = config_with()
+    config["training"]["select_metric"] = "macro_f1"
+    assert run_settings(config, "demo", "lora")["select_metric"] == "macro_f1"
+    assert "select_metric" not in run_settings(config, "demo", "lora_init")
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(InputError, match=r"training\.methods: unknown method 'adapter'"):
+        run_settings(config_with(), "demo", "adapter")
 
 
 @pytest.mark.parametrize("training, expected", [

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from workflow_scripts.config import validate_config
-from workflow_scripts.data.folds import build_folds
+from workflow_scripts.data.folds import build_folds, fold_settings
 from workflow_scripts.errors import InputError
 from workflow_scripts.features import FeatureStoreWriter
 from workflow_scripts.models.build import build_checkpoint
@@ -43,7 +43,8 @@ def dataset(tmp_path_factory):
                     rows.append({"utt_id": utt, "label": label, "speaker": f"s{speaker}", "gender": "F"})
     manifest = pd.DataFrame(rows)
     manifest.to_parquet(root / "manifest.parquet")
-    folds = build_folds("toy", manifest, {"classes": CLASSES, "folds": {"protocols": ["loso_speaker"]}})
+    spec = {"classes": CLASSES, "folds": {"protocols": ["loso_speaker"]}}
+    folds = build_folds("toy", manifest, "loso_speaker", fold_settings(spec, "loso_speaker", "toy"))
     folds.to_parquet(root / "folds.parquet")
     build_checkpoint("tiny", {"source": "tiny_random", "num_mel_bins": 80, "layers": 2, "d_model": 32,
                               "heads": 2, "ffn_dim": 64, "seed": 0}, root / "tiny")
@@ -55,17 +56,20 @@ def split_sizes(dataset, fold=1) -> dict:
     return folds["split"].value_counts().to_dict()
 
 
-def settings(**training):
+def settings(method="lora", audio=None, **training):
+    """A run's settings, as the workflow passes them: only those its method uses."""
     config = validate_config({
         "datasets": {"toy": {"layout": "generic", "path": "x", "classes": CLASSES}},
+        "audio": audio or {},
         "training": {"epochs": 3, "lr": 3e-3, "batch_size": 8, "device": "cpu", **training},
     })
-    return run_settings(config, "toy")
+    return run_settings(config, "toy", method)
 
 
-def train_run(dataset, out, method="lora", targets="q_proj+v_proj", rank=4, seed=0, fold=1, **training):
+def train_run(dataset, out, method="lora", targets="q_proj+v_proj", rank=4, seed=0, fold=1, audio=None,
+              **training):
     run = Run("toy", "loso_speaker", "tiny", method, targets, rank, seed, fold)
-    return run_training(run, settings(**training), dataset / "tiny", dataset / "logmel80.zarr",
+    return run_training(run, settings(method, audio, **training), dataset / "tiny", dataset / "logmel80.zarr",
                         dataset / "manifest.parquet", dataset / "folds.parquet", out)
 
 
@@ -241,13 +245,64 @@ def test_untrained_references(dataset, tmp_path):
     assert float(b_random.std()) == pytest.approx(0.02, rel=0.15)  # the original's N(0, 0.02)
 
 
+def test_references_and_frozen_run_without_the_settings_they_do_not_use(dataset, tmp_path):
+    reference = settings("lora_random")
+    assert "lr" not in reference and "select_on" not in reference and "epochs" not in reference
+    metrics = run_training(Run("toy", "loso_speaker", "tiny", "lora_random", "v_proj", 4, 0, 1), reference,
+                           dataset / "tiny", dataset / "logmel80.zarr", dataset / "manifest.parquet",
+                           dataset / "folds.parquet", tmp_path / "reference")
+    assert metrics["epochs"] == 0 and metrics["best_epoch"] == 0 and metrics["selected_on"] is None
+    frozen = settings("frozen", epochs=1)
+    assert "lora" not in frozen
+    metrics = run_training(Run("toy", "loso_speaker", "tiny", "frozen", "none", 0, 0, 1), frozen, dataset / "tiny",
+                           dataset / "logmel80.zarr", dataset / "manifest.parquet", dataset / "folds.parquet",
+                           tmp_path / "frozen")
+    assert metrics["epochs"] == 1 and metrics["selected_on"] == "val"
+
+
+def test_clips_longer_than_max_seconds_are_listed_in_the_run_log(dataset, tmp_path, caplog):
+    from workflow_scripts.features import FeatureStore
+
+    store = FeatureStore(str(dataset / "logmel80.zarr"))
+    folds = pd.read_parquet(dataset / "folds.parquet").query("fold == 1")
+    lengths = np.diff(store.offsets)
+    long = sorted(u for u in folds["utt_id"] if lengths[store.index[u]] > 80)  # 0.8 s = 80 frames
+    assert 0 < len(long) < len(folds)
+    with caplog.at_level("WARNING", logger="workflow_scripts.train.run"):
+        train_run(dataset, tmp_path / "cropped", method="lora_init", audio={"max_seconds": 0.8})
+    warning = next(r.getMessage() for r in caplog.records if "audio.max_seconds = 0.8 s" in r.getMessage())
+    assert warning.startswith(f"{len(long)} clips of this run are longer than audio.max_seconds = 0.8 s")
+    listed = [line.removeprefix("  - ") for line in warning.splitlines() if line.startswith("  - ")]
+    assert set(listed) <= set(long) and len(listed) == min(len(long), 20)  # the first 20 and a count
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="workflow_scripts.train.run"):
+        train_run(dataset, tmp_path / "whole", method="lora_init")  # 30 s: nothing is cropped
+    assert not [r for r in caplog.records if "clips of this run are longer" in r.getMessage()]
+
+
+def test_the_clips_reported_cropped_are_those_collate_crops():
+    from workflow_scripts.features import collate, max_frames_of
+    from workflow_scripts.train.loop import SplitData
+    from workflow_scripts.train.run import cropped_clips
+
+    clips = [np.zeros((n, 80), dtype=np.float32) for n in (50, 51, 52, 53)]
+    data = SplitData(clips=clips, labels=np.zeros(4, dtype=np.int64), utt_ids=["a", "b", "c", "d"])
+    settings = {"legacy": False, "max_seconds": 0.51}  # 51 frames; collate keeps whole frame pairs
+    _, mask = collate(clips, max_frames_of(settings["max_seconds"]))
+    cropped_by_collate = [u for u, clip, kept in zip(data.utt_ids, clips, mask.sum(1)) if kept < len(clip)]
+    assert cropped_clips({"test": data}, settings) == cropped_by_collate == ["d"]
+    legacy = [np.zeros((n, 80), dtype=np.float32) for n in (2999, 3000, 3001)]
+    data = SplitData(clips=legacy, labels=np.zeros(3, dtype=np.int64), utt_ids=["a", "b", "c"])
+    assert cropped_clips({"test": data}, {"legacy": True, "max_seconds": 0.51}) == ["c"]
+
+
 def test_legacy_selection_on_test_is_recorded(dataset, tmp_path):
     config = validate_config({
         "legacy": True, "datasets": {"toy": {"layout": "generic", "path": "x", "classes": CLASSES}},
         "training": {"epochs": 1, "lr": 3e-3, "device": "cpu", "select_on": "test"},
     })
     run = Run("toy", "loso_speaker", "tiny", "frozen", "none", 0, 0, 1)
-    metrics = run_training(run, run_settings(config, "toy"), dataset / "tiny", dataset / "logmel80.zarr",
+    metrics = run_training(run, run_settings(config, "toy", "frozen"), dataset / "tiny", dataset / "logmel80.zarr",
                            dataset / "manifest.parquet", dataset / "folds.parquet", tmp_path / "legacy")
     assert metrics["selected_on"] == "test" and metrics["selected_on_test"] is True
     assert "test_uar" in pd.read_csv(tmp_path / "legacy" / "history.csv").columns

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.workflow
 TINY = {
     "demo_corpus": {"speakers": 4, "utterances_per_speaker_per_emotion": 2},
     "models": {"tiny": {"source": "tiny_random", "layers": 2, "d_model": 32, "heads": 2, "ffn_dim": 64}},
-    "training": {"protocols": ["holdout"], "folds": "all", "methods": ["lora", "frozen"], "ranks": [4],
+    "training": {"protocols": ["holdout"], "folds": "all", "methods": ["lora", "frozen", "lora_init"], "ranks": [4],
                  "epochs": 1, "lr": 1e-3, "device": "cpu"},
     "datasets": {
         "demo": {"layout": "generic", "path": "results/demo_corpus", "classes": ["neutral", "happy", "angry", "sad"],
@@ -43,14 +43,38 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool
 
 def jobs_run(result: subprocess.CompletedProcess) -> set[str]:
     """Names of the rules that a run executed (from Snakemake's log)."""
-    text = result.stdout + result.stderr
-    return {line.split()[1].rstrip(":") for line in text.splitlines()
-            if line.startswith(("rule ", "localrule ", "checkpoint ", "localcheckpoint "))}
+    return {rule for rule, _ in jobs_listed(result)}
+
+
+def jobs_listed(result: subprocess.CompletedProcess) -> list[tuple[str, dict[str, str]]]:
+    """Each job a run executed (or a dry run would execute): its rule and wildcards."""
+    jobs = []
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.startswith(("rule ", "localrule ", "checkpoint ", "localcheckpoint ")):
+            jobs.append((line.split()[1].rstrip(":"), {}))
+        elif jobs and line.strip().startswith("wildcards: "):
+            pairs = line.strip().removeprefix("wildcards: ").split(", ")
+            jobs[-1][1].update(pair.split("=", 1) for pair in pairs)
+    return jobs
+
+
+def with_changes(config: dict, **sections: dict) -> dict:
+    """A copy of ``config`` with keys of its top-level sections replaced (nested dicts merged)."""
+    def merge(base, change):
+        return {**base, **{k: merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in change.items()}}
+
+    return merge(config, sections)
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("workflow")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(workdir):
+    """The tiny workflow, run to completion once; the tests below (in file order) change one thing at a time."""
+    return snakemake(workdir, config=TINY)
 
 
 def test_lint_is_clean():
@@ -68,16 +92,20 @@ def test_dry_run_of_the_default_config_lists_the_dag(tmp_path):
     assert "results/models/whisper-base" in result.stdout
 
 
-def test_full_data_stage_then_incremental_rerun(workdir):
-    first = snakemake(workdir, config=TINY)
-    assert jobs_run(first) >= {"demo_corpus", "manifest", "folds", "audio_cache", "features", "model", "train",
-                               "performance"}
+RUN = Path("results/runs/demo/holdout/tiny/lora/q_proj+v_proj/r4/seed0/fold1")
+FROZEN_RUN = Path("results/runs/demo/holdout/tiny/frozen/none/r0/seed0/fold1")
+
+
+def test_full_data_stage(workdir, tiny_run):
+    assert jobs_run(tiny_run) >= {"demo_corpus", "manifest", "folds", "audio_cache", "features", "model", "train",
+                                  "performance"}
     data = workdir / "results" / "data" / "demo"
     manifest = pd.read_parquet(data / "manifest.parquet")
     assert len(manifest) == 32 and manifest["speaker"].nunique() == 4
-    folds = pd.read_parquet(data / "folds.parquet")
-    assert sorted(folds["protocol"].unique()) == ["holdout", "loso_speaker"]
-    assert folds[folds.protocol == "loso_speaker"]["fold"].nunique() == 4
+    for protocol, n_folds in (("loso_speaker", 4), ("holdout", 1)):  # one table per protocol
+        folds = pd.read_parquet(data / "folds" / f"{protocol}.parquet")
+        assert list(folds.columns) == ["protocol", "fold", "utt_id", "split"]
+        assert set(folds["protocol"]) == {protocol} and folds["fold"].nunique() == n_folds
     assert (data / "audio.zarr" / "zarr.json").is_file()
     assert pd.read_csv(data / "rejected.csv").empty
     from workflow_scripts.features import FeatureStore
@@ -85,29 +113,78 @@ def test_full_data_stage_then_incremental_rerun(workdir):
     features = FeatureStore(str(workdir / "results" / "features" / "demo" / "logmel80.zarr"))
     assert features.utt_ids == manifest["utt_id"].tolist() and features.n_mels == 80
     assert (workdir / "results" / "models" / "tiny" / "model.safetensors").is_file()
-    for log in ("demo_corpus.log", "manifest/demo.log", "folds/demo.log", "audio_cache/demo.log",
-                "features/demo_logmel80.log", "model/tiny.log"):
+    for log in ("demo_corpus.log", "manifest/demo.log", "folds/demo/loso_speaker.log", "folds/demo/holdout.log",
+                "audio_cache/demo.log", "features/demo_logmel80.log", "model/tiny.log"):
         assert (workdir / "results" / "logs" / log).is_file()
 
     tables = workdir / "results" / "tables"
     performance = pd.read_csv(tables / "performance.csv")
-    assert sorted(performance["method"]) == ["frozen", "lora"]
-    assert performance["runs"].tolist() == [1, 1]
+    assert sorted(performance["method"]) == ["frozen", "lora", "lora_init"]
+    assert performance["runs"].tolist() == [1, 1, 1]
     assert "| demo | holdout | tiny | lora | q_proj, v_proj | 4 |" in (tables / "performance.md").read_text()
-    run = workdir / "results" / "runs" / "demo" / "holdout" / "tiny" / "lora" / "q_proj+v_proj" / "r4" / "seed0" / "fold1"
-    assert sorted(p.name for p in run.iterdir()) == ["history.csv", "metrics.json", "predictions.parquet", "weights"]
+    assert sorted(p.name for p in (workdir / RUN).iterdir()) == ["history.csv", "metrics.json", "predictions.parquet",
+                                                                 "weights"]
 
     again = snakemake(workdir)
     assert "Nothing to be done" in again.stdout + again.stderr
 
+
+def trained_methods(jobs) -> set[str]:
+    return {wildcards["method"] for rule, wildcards in jobs if rule == "train"}
+
+
+def test_a_new_protocol_makes_only_its_fold_table(workdir, tiny_run):
+    demo = TINY["datasets"]["demo"]
+    config = with_changes(TINY, datasets={"demo": {"folds": {"protocols": [*demo["folds"]["protocols"],
+                                                                           "loso_session"]}}})
+    jobs = jobs_listed(snakemake(workdir, "-n", config=config))
+    assert [job for job in jobs if job[0] != "all"] == [("folds", {"dataset": "demo", "protocol": "loso_session"})]
+
+
+@pytest.mark.parametrize("change, trains, untouched", [
+    # The untrained references use no optimisation setting.
+    ({"training": {"lr": 5e-3}}, {"lora", "frozen"}, {"lora_init"}),
+    # frozen has no LoRA.
+    ({"training": {"lora": {"dropout": 0.2}}}, {"lora", "lora_init"}, {"frozen"}),
+    # Only the training runs crop clips: the audio and feature caches stay.
+    ({"audio": {"max_seconds": 20}}, {"lora", "frozen", "lora_init"}, set()),
+], ids=["lr", "lora_dropout", "max_seconds"])
+def test_a_changed_setting_reruns_only_what_uses_it(workdir, tiny_run, change, trains, untouched):
+    jobs = jobs_listed(snakemake(workdir, "-n", config=with_changes(TINY, **change)))
+    assert {rule for rule, _ in jobs} == {"train", "performance", "all"}
+    assert trained_methods(jobs) == trains
+    assert not trained_methods(jobs) & untouched
+
+
+def test_a_lost_run_is_rebuilt_with_the_table(workdir, tiny_run):
+    import shutil
+
+    tables = workdir / "results" / "tables"
+    table_before = (tables / "performance.csv").stat().st_mtime_ns
+    lora_before = (workdir / RUN / "metrics.json").stat().st_mtime_ns
+    shutil.rmtree(workdir / FROZEN_RUN)
+    rerun = snakemake(workdir, config=TINY)
+    jobs = jobs_listed(rerun)
+    assert [rule for rule, _ in jobs if rule != "all"] == ["train", "performance"]
+    assert trained_methods(jobs) == {"frozen"}
+    assert sorted(p.name for p in (workdir / FROZEN_RUN).iterdir()) == ["history.csv", "metrics.json",
+                                                                        "predictions.parquet", "weights"]
+    assert (tables / "performance.csv").stat().st_mtime_ns > table_before
+    assert (workdir / RUN / "metrics.json").stat().st_mtime_ns == lora_before
+
+
+def test_more_seeds_train_only_the_new_runs(workdir, tiny_run):
     # Scale the seeds: only the new seed's runs and the table are made; seed 0 is not touched.
-    before = (run / "metrics.json").stat().st_mtime_ns
-    more_seeds = {**TINY, "training": {**TINY["training"], "seeds": [0, 1]}}
+    tables = workdir / "results" / "tables"
+    before = (workdir / RUN / "metrics.json").stat().st_mtime_ns
+    more_seeds = with_changes(TINY, training={"seeds": [0, 1]})
     rerun = snakemake(workdir, config=more_seeds)
-    assert jobs_run(rerun) == {"train", "performance", "all"}
-    assert rerun.stdout.count("rule train:") + rerun.stderr.count("rule train:") == 2
-    assert (run / "metrics.json").stat().st_mtime_ns == before
-    assert pd.read_csv(tables / "performance.csv")["runs"].tolist() == [2, 2]
+    jobs = jobs_listed(rerun)
+    assert {rule for rule, _ in jobs} == {"train", "performance", "all"}
+    assert sorted(w["method"] for rule, w in jobs if rule == "train") == ["frozen", "lora", "lora_init"]
+    assert {w["seed"] for rule, w in jobs if rule == "train"} == {"1"}
+    assert (workdir / RUN / "metrics.json").stat().st_mtime_ns == before
+    assert pd.read_csv(tables / "performance.csv")["runs"].tolist() == [2, 2, 2]
 
 
 def test_user_config_replaces_the_default_datasets(tmp_path):

@@ -108,12 +108,25 @@ def expand_grid(config: dict, folds_of) -> list[Run]:
 
 
 GRID_KEYS = ("datasets", "models", "protocols", "folds", "methods", "targets", "ranks", "seeds")
+# Settings of the optimisation and of epoch selection: the untrained references use none of them.
+OPTIMISATION_KEYS = (
+    "epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_ratio", "max_grad_norm",
+    "class_weighted", "select_on", "select_metric",
+)
 
 
-def run_settings(config: dict, dataset: str) -> dict:
-    """What a training run needs from the config besides its wildcards (so that editing a grid
-    list, or another dataset, does not rerun it)."""
-    training = {k: v for k, v in config["training"].items() if k not in GRID_KEYS}
+def run_settings(config: dict, dataset: str, method: str) -> dict:
+    """What a training run needs from the config besides its wildcards: only the settings its
+    method uses (so that editing a grid list, another dataset, the learning rate of a reference
+    that trains nothing, or LoRA's settings for a run without LoRA does not rerun it)."""
+    if method not in METHODS:
+        raise InputError(f"training.methods: unknown method {method!r}; choose from {list(METHODS)}")
+    unused = set(GRID_KEYS)
+    if method not in TRAINED_METHODS:
+        unused |= set(OPTIMISATION_KEYS)
+    if method not in LORA_METHODS:
+        unused.add("lora")
+    training = {k: v for k, v in config["training"].items() if k not in unused}
     return {
         **training,
         "legacy": config["legacy"],

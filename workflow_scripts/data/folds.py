@@ -15,6 +15,10 @@ In every protocol the validation split takes whole units (speakers; dialog group
 ``legacy_dialog10``) from the training data, so it is disjoint from test and, by speaker, from
 train. Model selection happens on it, never on test. Genders are interleaved when picking
 validation speakers so that a validation set is not all one voice.
+
+Each protocol has its own table (``results/data/{dataset}/folds/{protocol}.parquet``, columns
+``protocol, fold, utt_id, split``) built from only the settings it uses, so adding a protocol
+rebuilds no other protocol's table and retrains no run.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.atomic import write_table
-from workflow_scripts.cli import entry_parser, resolve_dataset_spec, run_main
+from workflow_scripts.cli import entry_parser, resolve_spec, run_main
+from workflow_scripts.config import dataset_spec
 from workflow_scripts.errors import InputError, raise_if_any
 from workflow_scripts.provenance import provenance
 
@@ -147,26 +152,45 @@ def check_class_coverage(folds: pd.DataFrame, manifest: pd.DataFrame, classes: l
     )
 
 
-def build_folds(name: str, manifest: pd.DataFrame, dataset_spec: dict) -> pd.DataFrame:
-    """All configured protocols' folds for one dataset, checked for class coverage."""
-    key = f"datasets.{name}.folds"
+def fold_settings(dataset_spec: dict, protocol: str, name: str) -> dict:
+    """What the fold table of one protocol depends on: the classes, ``val_fraction``, ``seed``
+    and, for ``holdout`` only, ``holdout_test_fraction`` (so that adding a protocol, or changing
+    another protocol's setting, rebuilds no other table)."""
     spec = dataset_spec.get("folds") or {}
-    protocols = spec.get("protocols") or ["loso_speaker"]
-    folds = pd.concat([make_folds(manifest, p, spec, key) for p in protocols], ignore_index=True)
-    check_class_coverage(folds, manifest, list(dataset_spec["classes"]), f"datasets.{name}")
-    summary = folds.groupby(["protocol", "split"]).size().unstack(fill_value=0)
-    log.info("%s folds (utterances summed over folds):\n%s", name, summary.to_string())
+    configured = spec.get("protocols") or ["loso_speaker"]
+    if protocol not in configured:
+        raise InputError(
+            f"datasets.{name}.folds.protocols: {protocol!r} is not configured for this dataset ({configured})"
+        )
+    settings = {"classes": list(dataset_spec["classes"])}
+    settings.update({key: spec[key] for key in ("val_fraction", "seed") if key in spec})
+    if protocol == "holdout" and "holdout_test_fraction" in spec:
+        settings["holdout_test_fraction"] = spec["holdout_test_fraction"]
+    return settings
+
+
+def build_folds(name: str, manifest: pd.DataFrame, protocol: str, settings: dict) -> pd.DataFrame:
+    """One protocol's folds for one dataset (``settings`` from :func:`fold_settings`), checked
+    for class coverage."""
+    folds = make_folds(manifest, protocol, settings, f"datasets.{name}.folds")
+    check_class_coverage(folds, manifest, list(settings["classes"]), f"datasets.{name}")
+    summary = folds.groupby("split").size()
+    log.info("%s %s folds (utterances summed over %d folds):\n%s", name, protocol, folds["fold"].nunique(),
+             summary.to_string())
     return folds
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = entry_parser("workflow_scripts.data.folds", __doc__, dataset=True)
+    parser.add_argument("--protocol", required=True, choices=PROTOCOLS, help="the fold protocol of this table")
     parser.add_argument("--manifest", required=True, help="input manifest.parquet")
-    parser.add_argument("--out", required=True, help="output folds.parquet")
+    parser.add_argument("--out", required=True, help="output folds/{protocol}.parquet")
     args = parser.parse_args(argv)
-    spec = resolve_dataset_spec(args)
-    folds = build_folds(args.dataset, pd.read_parquet(args.manifest), spec)
-    write_table(args.out, folds, provenance("folds", spec, dataset=args.dataset))
+    settings = resolve_spec(
+        args, lambda config: fold_settings(dataset_spec(config, args.dataset), args.protocol, args.dataset)
+    )
+    folds = build_folds(args.dataset, pd.read_parquet(args.manifest), args.protocol, settings)
+    write_table(args.out, folds, provenance("folds", settings, dataset=args.dataset, protocol=args.protocol))
 
 
 if __name__ == "__main__":

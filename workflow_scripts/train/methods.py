@@ -48,8 +48,9 @@ def check_targets(model: nn.Module, targets: list[str]) -> None:
         )
 
 
-def build_model(checkpoint: str | Path, classes: list[str], run: Run, lora: dict) -> nn.Module:
-    """The Hugging Face classifier of ``run``, prepared for its method (peft-wrapped for LoRA)."""
+def build_model(checkpoint: str | Path, classes: list[str], run: Run, lora: dict | None) -> nn.Module:
+    """The Hugging Face classifier of ``run``, prepared for its method (peft-wrapped for LoRA;
+    ``lora`` is ``training.lora``, None for the methods without LoRA)."""
     model = load_classifier(checkpoint, classes, seed=run.seed)
     if run.method == "frozen":
         model.freeze_encoder()

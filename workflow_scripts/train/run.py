@@ -32,12 +32,12 @@ import torch
 from workflow_scripts.atomic import atomic_path, write_json, write_table
 from workflow_scripts.cli import entry_parser, resolve_spec, run_main
 from workflow_scripts.config import config_hash
-from workflow_scripts.errors import InputError
-from workflow_scripts.features import FeatureStore
+from workflow_scripts.errors import InputError, describe_offenders
+from workflow_scripts.features import WINDOW_FRAMES, FeatureStore, max_frames_of
 from workflow_scripts.models.encoder import EmotionClassifier
 from workflow_scripts.provenance import provenance
-from workflow_scripts.runs import TRAINED_METHODS, Run, run_settings
-from workflow_scripts.train.loop import SplitData, evaluate, pick_device, train
+from workflow_scripts.runs import LORA_METHODS, TRAINED_METHODS, Run, run_settings
+from workflow_scripts.train.loop import SplitData, TrainingState, evaluate, pick_device, train
 from workflow_scripts.train.methods import build_model, parameter_counts, save_weights
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,24 @@ def training_data(splits: dict[str, SplitData], select_on: str) -> tuple[SplitDa
     ), names
 
 
+def cropped_clips(splits: dict[str, SplitData], settings: dict) -> list[str]:
+    """Ids of the clips with more log-mel frames than a batch holds (``audio.max_seconds``, or
+    Whisper's 30-s window under ``legacy``): the encoder sees only their beginning."""
+    limit = WINDOW_FRAMES if settings["legacy"] else max_frames_of(settings["max_seconds"])
+    limit += limit % 2  # what `collate` keeps: whole frame pairs
+    return [utt for data in splits.values() for utt, n in zip(data.utt_ids, data.lengths) if n > limit]
+
+
+def log_cropped_clips(splits: dict[str, SplitData], settings: dict) -> None:
+    cropped = cropped_clips(splits, settings)
+    if cropped:
+        cap = ("Whisper's 30-s window (legacy)" if settings["legacy"]
+               else f"audio.max_seconds = {settings['max_seconds']} s")
+        log.warning(describe_offenders(
+            f"{len(cropped)} clips of this run are longer than {cap}; the encoder sees only their beginning",
+            cropped))
+
+
 def input_fingerprint(paths: list[Path]) -> list:
     """Name, size and modification time of each input (the top level of a folder): any rebuild
     of an input changes it."""
@@ -115,21 +133,25 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
     torch.use_deterministic_algorithms(True, warn_only=True)
     store = FeatureStore(str(features))
     splits = load_splits(run, pd.read_parquet(manifest), pd.read_parquet(folds), store, classes)
-    model = build_model(checkpoint, classes, run, settings["lora"])
+    log_cropped_clips(splits, settings)
+    model = build_model(checkpoint, classes, run, settings["lora"] if run.method in LORA_METHODS else None)
     classifier = EmotionClassifier(model, legacy=settings["legacy"])
     counts = parameter_counts(model)
-    select_on = settings["select_on"]
-    epochs = settings["epochs"] if run.method in TRAINED_METHODS else 0
-    # A leftover resume state is used only if neither the settings nor any input changed.
-    run_key = config_hash({"run": run.id, "settings": settings,
-                           "inputs": input_fingerprint([checkpoint, features, manifest, folds])})
-    resume_file = out / ".resume" / "state.pt"
-    fit_data, fit_splits = training_data(splits, select_on)
-    trained_on = fit_splits if epochs else []
-    state = train(classifier, fit_data, splits[select_on], classes, {**settings, "epochs": epochs},
-                  run.seed, resume_file, run_key)
-
     device = pick_device(settings["device"])
+    if run.method in TRAINED_METHODS:
+        select_on, epochs = settings["select_on"], settings["epochs"]
+        # A leftover resume state is used only if neither the settings nor any input changed.
+        run_key = config_hash({"run": run.id, "settings": settings,
+                               "inputs": input_fingerprint([checkpoint, features, manifest, folds])})
+        resume_file = out / ".resume" / "state.pt"
+        fit_data, trained_on = training_data(splits, select_on)
+        state = train(classifier, fit_data, splits[select_on], classes, settings, run.seed, resume_file, run_key)
+    else:
+        # The untrained references are scored as initialised (their settings hold no optimisation keys).
+        select_on, epochs, trained_on, fit_data = None, 0, [], None
+        classifier.to(device)
+        state = TrainingState()
+
     test_report, test_logits = evaluate(classifier, splits["test"], classes, settings, device)
     tables = [predictions_table("test", splits["test"], test_logits, classes)]
     val_report = None  # a split the model trained on has no held-out score
@@ -141,8 +163,8 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
     with atomic_path(out / "weights", directory=True) as tmp:
         save_weights(model, run.method, tmp)
     write_table(out / "predictions.parquet", pd.concat(tables, ignore_index=True), provenance=record)
-    history = pd.DataFrame(state.history, columns=["epoch", "train_loss", "lr", f"{select_on}_uar",
-                                                   f"{select_on}_war", f"{select_on}_macro_f1", "seconds"])
+    scores = [f"{select_on}_{name}" for name in ("uar", "war", "macro_f1")] if select_on else []
+    history = pd.DataFrame(state.history, columns=["epoch", "train_loss", "lr", *scores, "seconds"])
     write_table(out / "history.csv", history)
     metrics = {
         "run": run.id,
@@ -163,9 +185,9 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
     }
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / ".resume", ignore_errors=True)
-    log.info("%s: test UAR %.4f WAR %.4f F1 %.4f (best epoch %d by %s %s)", run.id, test_report["uar"],
-             test_report["war"], test_report["macro_f1"], state.best_epoch, select_on,
-             settings["select_metric"])
+    selection = f"on {select_on} by {settings['select_metric']}" if epochs else "none: untrained"
+    log.info("%s: test UAR %.4f WAR %.4f F1 %.4f (best epoch %d; selection %s)", run.id, test_report["uar"],
+             test_report["war"], test_report["macro_f1"], state.best_epoch, selection)
     return metrics
 
 
@@ -182,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="the run's folder")
     args = parser.parse_args(argv)
     run = Run.from_wildcards(vars(args))
-    settings = resolve_spec(args, lambda config: run_settings(config, run.dataset))
+    settings = resolve_spec(args, lambda config: run_settings(config, run.dataset, run.method))
     run_training(run, settings, Path(args.checkpoint), Path(args.features), Path(args.manifest),
                  Path(args.folds), Path(args.out))
 
