@@ -80,10 +80,9 @@ def test_a_setting_a_method_does_not_use_does_not_change_its_settings():
 
 
 def test_select_metric_is_an_optimisation_setting():
-    """A key of the selection (select_metric, added by another branch) stays out of the references."""
-    config = config_with()
-    config["training"]["select_metric"] = "macro_f1"
-    assert run_settings(config, "demo", "lora")["select_metric"] == "macro_f1"
+    """The selection metric stays out of the untrained references' settings."""
+    config = config_with(select_metric="war")
+    assert run_settings(config, "demo", "lora")["select_metric"] == "war"
     assert "select_metric" not in run_settings(config, "demo", "lora_init")
 
 
