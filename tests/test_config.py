@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # config.yaml shortens training so that the demo runs in minutes on a CPU; nothing else differs.
-DEMO_OVERRIDES = {"folds": [1, 2], "epochs": 4, "lr": 5.0e-4}
+DEMO_OVERRIDES = {"folds": [1, 2, 3], "epochs": 4, "lr": 5.0e-4}
 
 
 def test_default_config_is_valid_and_equals_the_schema_defaults():
