@@ -16,7 +16,6 @@
 # (say SLURM_FAKE_GPUS), it restarts the SLURM daemons. Accounting (slurmdbd + MariaDB) is always
 # on because the Snakemake SLURM plugin polls job states with `sacct` whenever the sacct binary
 # exists, and without accounting that poll fails quietly and Snakemake waits forever.
-# The study behind every setting: /work/shared/notes/slurm.md (in the project's notes).
 set -euo pipefail
 
 ACTION="${1:-}"
@@ -284,7 +283,7 @@ configure() {
 
 # --- start ------------------------------------------------------------------------------------
 start_munged() {
-    [ -n "$(pid_of munged)" ] && return 0
+    running munged && return 0
     if [ ! -s /etc/munge/munge.key ]; then
         runuser -u munge -- mungekey --create --keyfile=/etc/munge/munge.key
     fi
@@ -295,7 +294,7 @@ start_munged() {
 }
 
 start_mariadbd() {
-    [ -n "$(pid_of mariadbd)" ] || {
+    running mariadbd || {
         [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null 2>&1 \
             || die "mariadb-install-db failed to create /var/lib/mysql."
         install -d -o mysql -g mysql /run/mysqld /var/log/mysql
@@ -311,7 +310,7 @@ start_mariadbd() {
 }
 
 start_slurmdbd() {
-    [ -n "$(pid_of slurmdbd)" ] || slurmdbd || failed_to_start slurmdbd
+    running slurmdbd || slurmdbd || failed_to_start slurmdbd
     wait_for 60 sacctmgr -n list cluster || failed_to_start slurmdbd
     # slurmctld would register the cluster itself on first contact; adding it first means that
     # sacct knows the cluster even before slurmctld's first connection.
@@ -320,12 +319,12 @@ start_slurmdbd() {
 }
 
 start_slurmctld() {
-    [ -n "$(pid_of slurmctld)" ] || slurmctld || failed_to_start slurmctld
+    running slurmctld || slurmctld || failed_to_start slurmctld
     wait_for 30 sinfo -h || failed_to_start slurmctld
 }
 
 start_slurmd() {
-    [ -n "$(pid_of slurmd)" ] || slurmd || failed_to_start slurmd
+    running slurmd || slurmd || failed_to_start slurmd
     wait_for 10 running slurmd || failed_to_start slurmd
 }
 
@@ -380,7 +379,7 @@ do_up() {
 no_jobs_listed() { [ -z "$(squeue -h -o %i 2>/dev/null)" ]; }
 
 do_stop() {
-    if [ -n "$(pid_of slurmctld)" ]; then
+    if running slurmctld; then
         # Cancel every job first, so that no job process outlives slurmd.
         local jobs
         jobs="$(squeue -h -o %i 2>/dev/null | tr '\n' ' ')"
@@ -404,14 +403,14 @@ do_status() {
             rc=1
         fi
     done
-    if [ -n "$(pid_of slurmctld)" ]; then
+    if running slurmctld; then
         sinfo -N -o '%N %P %t %c %m %G'
     fi
     return "$rc"
 }
 
 do_selftest() {
-    [ -n "$(pid_of slurmctld)" ] || die "the cluster is not running: run 'bash tools/slurm.sh up' first."
+    running slurmctld || die "the cluster is not running: run 'bash tools/slurm.sh up' first."
     local out jobid state i
     # srun: an interactive step on the node (also what the plugin's jobstep runs inside each job).
     out="$(timeout 60 srun -N1 -n1 hostname)" || die "srun failed; see $LOG_DIR/slurmctld.log and $LOG_DIR/slurmd.log."
