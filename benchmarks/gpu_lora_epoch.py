@@ -74,7 +74,8 @@ def run(args) -> None:
                                                  modules_to_save=["projector", "classifier"]))
         settings = {"device": args.device, "lr": 5e-4, "weight_decay": 0.0, "batch_size": batch, "grad_accum": 1,
                     "epochs": 2, "warmup_ratio": 0.0, "max_grad_norm": 1.0, "class_weighted": False,
-                    "max_seconds": 30, "legacy": legacy, "eval_batch_size": 16, "select_on": "val"}
+                    "max_seconds": 30, "legacy": legacy, "eval_batch_size": 16, "select_on": "val",
+                    "select_metric": "uar"}
         with tempfile.TemporaryDirectory() as tmp:
             state = train(EmotionClassifier(model, legacy=legacy), data, small, CLASSES, settings, seed=0,
                           resume_file=Path(tmp) / "state.pt", run_key=name)

@@ -31,10 +31,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workflow_scripts.config import validate_config
 from workflow_scripts.data.audio_cache import AudioStore
 from workflow_scripts.features import FeatureStore
 from workflow_scripts.models.build import load_classifier
 from workflow_scripts.models.encoder import EmotionClassifier
+from workflow_scripts.runs import run_settings
 from workflow_scripts.train.loop import SplitData, train
 
 CLASSES = ["neutral", "happy", "angry", "sad"]
@@ -86,9 +88,10 @@ def paper_recipe(checkpoint: Path, audio: list[np.ndarray], labels: np.ndarray, 
 
 def loralens(checkpoint: Path, mels: list[np.ndarray], labels: np.ndarray, eval_idx: np.ndarray,
              batch: int) -> float:
-    settings = {"device": "cpu", "lr": 5e-5, "weight_decay": 0.0, "batch_size": batch, "grad_accum": 1,
-                "epochs": 1, "warmup_ratio": 0.0, "max_grad_norm": 1.0, "class_weighted": False,
-                "max_seconds": 30, "legacy": False, "eval_batch_size": batch, "select_on": "val"}
+    # A LoRA run's settings exactly as the workflow derives them (schema defaults filled in).
+    config = validate_config({"training": {"device": "cpu", "lr": 5e-5, "batch_size": batch, "epochs": 1,
+                                           "eval_batch_size": batch}})
+    settings = run_settings(config, "demo", "lora")
     classifier = EmotionClassifier(lora_model(checkpoint))
     train_data = SplitData(mels, labels, [str(i) for i in range(len(mels))])
     eval_data = SplitData([mels[i] for i in eval_idx], labels[eval_idx], [str(i) for i in eval_idx])

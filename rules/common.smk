@@ -13,6 +13,7 @@ sys.path.insert(0, workflow.basedir)
 
 import pandas as pd
 
+from workflow_scripts.cluster import model_job_resources
 from workflow_scripts.config import validate_config
 from workflow_scripts.data.audio_cache import audio_cache_settings
 from workflow_scripts.data.folds import PROTOCOLS, fold_settings
@@ -107,6 +108,17 @@ def run_metrics(wildcards):
 
 def run_spec_json(wildcards):
     return as_json(run_settings(config, wildcards.dataset, wildcards.method))
+
+
+def model_job_resource(name):
+    """One resource of a job that runs model {model}: GPUs from the config key `gpus`, memory and
+    run time by the model's size class (workflow_scripts/cluster.py). Resources are not params:
+    changing them reruns nothing."""
+
+    def resource(wildcards):
+        return model_job_resources(config["models"][wildcards.model], config["gpus"])[name]
+
+    return resource
 
 
 def run_features(wildcards):

@@ -1,5 +1,11 @@
 # Model checkpoints and the log-mel feature cache they read.
 
+# A checkpoint is built where snakemake itself runs (on a cluster: the login node): a hub model
+# is downloaded there, since compute nodes often have no network; converting the offline weights
+# or copying a local folder takes seconds.
+localrules:
+    model,
+
 
 rule model:
     output:

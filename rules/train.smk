@@ -19,9 +19,11 @@ rule train:
         f"results/logs/train/{RUN_PATTERN}.log",
     threads: 2
     resources:
-        # For cluster executors: a run of whisper-base or large-v2 fits these on one GPU node.
-        runtime=240,
-        mem_mb=16000,
+        # GPUs from the config key `gpus`; memory and run time by the model's size class.
+        gpu=model_job_resource("gpu"),
+        cpus_per_gpu=model_job_resource("cpus_per_gpu"),
+        mem_mb=model_job_resource("mem_mb"),
+        runtime=model_job_resource("runtime"),
     conda:
         "../envs/torch.yaml"
     shell:
@@ -30,7 +32,7 @@ rule train:
         " --targets {wildcards.targets} --rank {wildcards.rank} --seed {wildcards.seed}"
         " --fold {wildcards.fold} --checkpoint {input.checkpoint} --features {input.features}"
         " --manifest {input.manifest} --folds {input.folds} --spec {params.spec:q}"
-        " --out {params.out} 2> {log}"
+        " --out {params.out} --gpus {resources.gpu} 2> {log}"
 
 
 rule performance:

@@ -13,10 +13,10 @@ from workflow_scripts.runs import check_training_config
 REPO = Path(__file__).resolve().parent.parent
 
 
-def dry_run(workdir: Path, *configfiles: str) -> str:
+def dry_run(workdir: Path, *configfiles: str, extra: tuple[str, ...] = ()) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n", "-p", "--directory",
-         str(workdir), "--replace-workflow-config", "--configfile", *[str(REPO / f) for f in configfiles]],
+         str(workdir), "--replace-workflow-config", "--configfile", *[str(REPO / f) for f in configfiles], *extra],
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -51,6 +51,13 @@ def test_corrected_default_dry_runs(iemocap_workdir):
     assert "results/runs/iemocap/loso_session/whisper-large-v2/lora/v_proj/r32/seed42/fold1/metrics.json" in text
     assert "results/models/whisper-large-v2" in text
     assert '"select_on":"val"' in text and '"legacy":false' in text
+    # Whisper-large-v2 asks a cluster for more than whisper-base (tests/test_cluster.py has the table).
+    assert "resources: tmpdir=/tmp, gpu=1, cpus_per_gpu=4, runtime=720, mem_mb=48000" in text
+
+
+def test_a_cpu_only_site_asks_for_no_gpu(iemocap_workdir):
+    text = dry_run(iemocap_workdir, "config/paper.yaml", extra=("--config", "gpus=0"))
+    assert "gpu=0," in text and "gpu=1," not in text
 
 
 def test_faithful_overlay_dry_runs(iemocap_workdir):

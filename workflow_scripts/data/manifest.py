@@ -148,7 +148,8 @@ def build_manifest(name: str, spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     layout = get_layout(spec["layout"])
     root = Path(spec["path"])
     if not root.exists():
-        raise InputError(f"{key}.path: {root} does not exist")
+        raise InputError(f"{key}.path: {root} does not exist ({root.absolute()}; a relative path is resolved "
+                         "against Snakemake's working directory, where every job runs)")
     try:
         scan = layout.scan(root, spec.get("options") or {})
     except InputError as error:

@@ -90,7 +90,8 @@ def _hub(spec: dict, out: Path, key: str) -> dict:
 def _local(spec: dict, out: Path, key: str) -> dict:
     folder = Path(spec["path"])
     if not (folder / "config.json").is_file():
-        raise InputError(f"{key}.path: {folder} is not a Hugging Face checkpoint folder (no config.json)")
+        raise InputError(f"{key}.path: {folder} ({folder.absolute()}) is not a Hugging Face checkpoint folder "
+                         "(no config.json); a relative path is resolved against Snakemake's working directory")
     _copy_pretrained(str(folder), out)
     return {"local_path": str(folder.resolve())}
 

@@ -31,6 +31,7 @@ import torch
 
 from workflow_scripts.atomic import atomic_path, write_json, write_table
 from workflow_scripts.cli import entry_parser, resolve_spec, run_main
+from workflow_scripts.cluster import check_gpu_allocation
 from workflow_scripts.config import config_hash
 from workflow_scripts.errors import InputError, describe_offenders
 from workflow_scripts.features import WINDOW_FRAMES, FeatureStore, max_frames_of
@@ -202,7 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--folds", required=True)
     parser.add_argument("--out", required=True, help="the run's folder")
+    parser.add_argument("--gpus", type=int, default=0,
+                        help="GPUs this job asked its scheduler for (resource gpu); under SLURM it stops "
+                        "at once if CUDA sees fewer")
     args = parser.parse_args(argv)
+    check_gpu_allocation(args.gpus)
     run = Run.from_wildcards(vars(args))
     settings = resolve_spec(args, lambda config: run_settings(config, run.dataset, run.method))
     run_training(run, settings, Path(args.checkpoint), Path(args.features), Path(args.manifest),
