@@ -36,7 +36,7 @@ def prepare(args) -> None:
     load_classifier(args.checkpoint, CLASSES, seed=0).half().save_pretrained(out / "model")
     folds = pd.read_parquet(Path(args.results) / "data/demo/folds/loso_speaker.parquet")
     manifest = pd.read_parquet(Path(args.results) / "data/demo/manifest.parquet").set_index("utt_id")
-    train_ids = folds.query("protocol == 'loso_speaker' and fold == 1 and split == 'train'")["utt_id"].tolist()
+    train_ids = folds.query("fold == 1 and split == 'train'")["utt_id"].tolist()
     store = FeatureStore(str(Path(args.results) / "features/demo/logmel80.zarr"))
     clips = [store[store.index[u]] for u in train_ids]
     np.savez(out / "clips.npz", mel=np.concatenate(clips).astype(np.float16),

@@ -86,7 +86,10 @@ def dataset_source(wildcards):
 
 
 def model_spec_json(wildcards):
-    return as_json(config["models"][wildcards.model])
+    """A model's settings for building its checkpoint; `size` only scales cluster resources,
+    so changing it must not rebuild the model (and retrain every run of it)."""
+    spec = config["models"][wildcards.model]
+    return as_json({key: value for key, value in spec.items() if key != "size"})
 
 
 RUN_DIR = f"results/runs/{RUN_PATTERN}"

@@ -1,8 +1,9 @@
 # Model checkpoints and the log-mel feature cache they read.
 
 # A checkpoint is built where snakemake itself runs (on a cluster: the login node): a hub model
-# is downloaded there, since compute nodes often have no network; converting the offline weights
-# or copying a local folder takes seconds.
+# is downloaded there, since compute nodes often have no network. Converting the offline weights
+# takes seconds; a large hub or local model is loaded and saved once, which takes minutes and a
+# few GB of the login node's memory.
 localrules:
     model,
 

@@ -48,7 +48,7 @@ def test_gpus_come_from_the_config_and_default_to_one():
 
 def test_a_slurm_job_that_asked_for_a_gpu_and_sees_none_stops(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    environ = {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "0"}
+    environ = {"SLURM_JOB_ID": "42", "SLURM_JOB_GPUS": "0", "CUDA_VISIBLE_DEVICES": "0"}
     with pytest.raises(InputError, match=r"SLURM job 42 asked for 1 GPU\(s\).*torch sees 0.*CUDA_VISIBLE_DEVICES=0"
                        r".*--config gpus=0"):
         check_gpu_allocation(1, environ)
@@ -58,9 +58,11 @@ def test_no_check_off_slurm_or_without_a_gpu_request(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     check_gpu_allocation(1, {})  # a laptop: device auto may use the CPU
     check_gpu_allocation(0, {"SLURM_JOB_ID": "42"})  # a CPU job on the cluster (gpus: 0)
+    # snakemake run locally inside a CPU allocation (salloc): SLURM gave the job no GPUs.
+    check_gpu_allocation(1, {"SLURM_JOB_ID": "42"})
 
 
 def test_enough_gpus_pass(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    check_gpu_allocation(2, {"SLURM_JOB_ID": "42"})
+    check_gpu_allocation(2, {"SLURM_JOB_ID": "42", "SLURM_GPUS_ON_NODE": "2"})

@@ -132,6 +132,20 @@ def test_skip_mode_drops_and_lists_bad_clips(generic_corpus, tmp_path, capsys):
     assert len(pd.read_parquet(out / "m.parquet")) == 27
 
 
+def test_skip_mode_with_every_clip_unusable_names_the_key_and_the_clips(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "wav").mkdir(parents=True)
+    soundfile.write(root / "wav" / "a.wav", np.zeros(1600, dtype=np.float32), 16000)
+    (root / "wav" / "b.wav").write_bytes(b"not audio")
+    (root / "manifest.csv").write_text("path,label,speaker\nwav/a.wav,x,s1\nwav/b.wav,y,s2\n")
+    spec = dataset_spec(root, classes=["x", "y"], on_bad_audio="skip")
+    with pytest.raises(InputError) as error:
+        build_manifest("toy", spec)
+    message = str(error.value)
+    assert message.startswith("datasets.toy: every clip was unusable, so with datasets.toy.on_bad_audio: skip")
+    assert "a (" in message and "digitally silent" in message and "b (" in message and "unreadable" in message
+
+
 def corrupt_with_every_kind_of_problem(root):
     """A duplicate id, an unknown label, a corrupt clip and a digitally silent one."""
     table = pd.read_csv(root / "manifest.csv")

@@ -77,3 +77,12 @@ def test_config_without_classes_dry_runs_with_the_layout_default(iemocap_workdir
     assert "classes:" in text and "classes:" not in without.read_text()
     output = dry_run(iemocap_workdir, str(without))
     assert '"classes":["angry","happy","neutral","sad"]' in output
+
+
+def test_a_model_size_scales_resources_without_rebuilding_the_model(iemocap_workdir):
+    overlay = iemocap_workdir / "size.yaml"
+    overlay.write_text("models:\n  whisper-large-v2: {source: hub, id: openai/whisper-large-v2, size: medium}\n")
+    text = dry_run(iemocap_workdir, "config/paper.yaml", str(overlay))
+    assert "runtime=480, mem_mb=32000" in text  # medium's resources (tests/test_cluster.py)
+    model_command = next(line for line in text.splitlines() if "workflow_scripts.models.build" in line)
+    assert '"size"' not in model_command  # not a build setting: changing it rebuilds nothing

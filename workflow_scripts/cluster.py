@@ -62,15 +62,22 @@ def model_job_resources(spec: dict, gpus: int) -> dict:
     return {**MODEL_JOB_RESOURCES[model_size(spec)], "gpu": gpus, "cpus_per_gpu": CPUS_PER_GPU}
 
 
-def check_gpu_allocation(gpus_requested: int, environ=os.environ) -> None:
-    """Stop when a SLURM job asked for GPUs but CUDA sees fewer.
+#: Set by SLURM in a job (or step) it allocated GPUs to.
+SLURM_GPU_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE")
 
-    Only under SLURM (``SLURM_JOB_ID`` set): on a laptop the declared ``gpu`` resource only
-    limits concurrency, and ``device: auto`` may use the CPU. On a cluster a job that asked for a
-    GPU and got none usable (a node without the driver, a CPU-only torch in the job's
-    environment) would otherwise train on the CPU for hours.
+
+def check_gpu_allocation(gpus_requested: int, environ=os.environ) -> None:
+    """Stop when a SLURM job that was given GPUs for its request sees fewer through CUDA.
+
+    Only in a SLURM job with GPUs allocated (``SLURM_JOB_ID`` and one of
+    :data:`SLURM_GPU_VARIABLES` set): on a laptop, or in a CPU allocation where someone runs
+    snakemake locally, the declared ``gpu`` resource only limits concurrency and ``device: auto``
+    may use the CPU. A job that asked for a GPU and got none usable (a node without the driver, a
+    CPU-only torch in the job's environment) would otherwise train on the CPU for hours.
     """
     if gpus_requested <= 0 or "SLURM_JOB_ID" not in environ:
+        return
+    if not any(environ.get(name) for name in SLURM_GPU_VARIABLES):
         return
     import torch
 

@@ -118,6 +118,14 @@ def padding_floor(clip_max: float) -> float:
     return max(below_max, silence)
 
 
+def batch_frames(longest: int, max_frames: int, legacy: bool = False) -> int:
+    """Mel frames of a batch whose longest clip has ``longest``: the longest clip capped at
+    ``max_frames``, or Whisper's 30-s window under ``legacy``; even, since the encoder's
+    stride-2 convolution keeps frame pairs whole."""
+    length = WINDOW_FRAMES if legacy else min(longest, max_frames)
+    return length + length % 2
+
+
 def collate(clips: list[np.ndarray], max_frames: int, legacy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack clips into ``features [B, n_mels, T]`` and ``frame_mask [B, T]`` (True = real frame).
 
@@ -126,9 +134,7 @@ def collate(clips: list[np.ndarray], max_frames: int, legacy: bool = False) -> t
     code did. Each clip is padded with its own :func:`padding_floor`, which is what a 30-s window
     holds.
     """
-    longest = max(len(c) for c in clips)
-    length = WINDOW_FRAMES if legacy else min(longest, max_frames)
-    length += length % 2  # the encoder's stride-2 convolution: keep frame pairs whole
+    length = batch_frames(max(len(c) for c in clips), max_frames, legacy)
     n_mels = clips[0].shape[1]
     features = np.empty((len(clips), length, n_mels), dtype=np.float32)
     mask = np.zeros((len(clips), length), dtype=bool)

@@ -13,7 +13,8 @@ Protocols (``datasets.<name>.folds.protocols``):
 
 In every protocol the validation split takes whole units (speakers; dialog groups under
 ``legacy_dialog10``) from the training data, so it is disjoint from test and, by speaker, from
-train. Model selection happens on it, never on test. Genders are interleaved when picking
+train. Model selection happens on it, never on test (except under legacy ``select_on: test``,
+the original's flaw, where the validation split joins training). Genders are interleaved when picking
 validation speakers so that a validation set is not all one voice.
 
 Each protocol has its own table (``results/data/{dataset}/folds/{protocol}.parquet``, columns

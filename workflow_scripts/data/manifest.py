@@ -24,7 +24,7 @@ from workflow_scripts.atomic import write_table
 from workflow_scripts.cli import entry_parser, resolve_dataset_spec, run_main
 from workflow_scripts.data.audio import BadClip, read_clip
 from workflow_scripts.data.layouts import get_layout
-from workflow_scripts.errors import InputError, ProblemReport
+from workflow_scripts.errors import InputError, ProblemReport, describe_offenders
 from workflow_scripts.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,9 @@ def build_manifest(name: str, spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     good["duration_s"] = [p[0] for p, b in zip(probes, bad) if not b]
     good["sample_rate"] = pd.array([p[1] for p, b in zip(probes, bad) if not b], dtype="Int64")
     if good.empty:
-        raise InputError(f"dataset {name!r}: every clip was rejected; see the rejected list")
+        raise InputError(describe_offenders(
+            f"{key}: every clip was unusable, so with {key}.on_bad_audio: skip nothing is left "
+            f"(corpus {root})", (f"{r.utt_id} ({r.source}): {r.reason}" for r in rejected.itertuples())))
     extra = [c for c in ("group", "source_fold") if c in good]
     manifest = good[MANIFEST_COLUMNS + extra].sort_values("utt_id").reset_index(drop=True)
     log.info(

@@ -34,7 +34,7 @@ from workflow_scripts.cli import entry_parser, resolve_spec, run_main
 from workflow_scripts.cluster import check_gpu_allocation
 from workflow_scripts.config import config_hash
 from workflow_scripts.errors import InputError, describe_offenders
-from workflow_scripts.features import WINDOW_FRAMES, FeatureStore, max_frames_of
+from workflow_scripts.features import FeatureStore, batch_frames, max_frames_of
 from workflow_scripts.models.encoder import EmotionClassifier
 from workflow_scripts.provenance import provenance
 from workflow_scripts.runs import LORA_METHODS, TRAINED_METHODS, Run, run_settings
@@ -91,9 +91,9 @@ def training_data(splits: dict[str, SplitData], select_on: str) -> tuple[SplitDa
 def cropped_clips(splits: dict[str, SplitData], settings: dict) -> list[str]:
     """Ids of the clips with more log-mel frames than a batch holds (``audio.max_seconds``, or
     Whisper's 30-s window under ``legacy``): the encoder sees only their beginning."""
-    limit = WINDOW_FRAMES if settings["legacy"] else max_frames_of(settings["max_seconds"])
-    limit += limit % 2  # what `collate` keeps: whole frame pairs
-    return [utt for data in splits.values() for utt, n in zip(data.utt_ids, data.lengths) if n > limit]
+    max_frames = max_frames_of(settings["max_seconds"])
+    return [utt for data in splits.values() for utt, n in zip(data.utt_ids, data.lengths)
+            if n > batch_frames(n, max_frames, settings["legacy"])]
 
 
 def log_cropped_clips(splits: dict[str, SplitData], settings: dict) -> None:
