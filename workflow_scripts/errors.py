@@ -55,17 +55,19 @@ class ProblemReport:
         self.sections: list[str] = []
         self.notes: list[str] = []
 
-    def add(self, problem: str, offenders: Iterable[object], hint: str = "") -> None:
-        """Record a section if there are offenders; ``{n}`` in ``problem`` is their count."""
+    @staticmethod
+    def _section(into: list[str], problem: str, offenders: Iterable[object], hint: str) -> None:
         items = list(offenders)
         if items:
-            self.sections.append(describe_offenders(problem.format(n=len(items)), items, hint))
+            into.append(describe_offenders(problem.format(n=len(items)), items, hint))
+
+    def add(self, problem: str, offenders: Iterable[object], hint: str = "") -> None:
+        """Record a section if there are offenders; ``{n}`` in ``problem`` is their count."""
+        self._section(self.sections, problem, offenders, hint)
 
     def note(self, problem: str, offenders: Iterable[object], hint: str = "") -> None:
         """Record context that is not a problem by itself (it never makes :meth:`raise_if_any` raise)."""
-        items = list(offenders)
-        if items:
-            self.notes.append(describe_offenders(problem.format(n=len(items)), items, hint))
+        self._section(self.notes, problem, offenders, hint)
 
     def raise_if_any(self) -> None:
         """Raise one :class:`InputError` with every section, numbered, if any problem was added."""

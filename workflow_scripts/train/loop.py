@@ -47,7 +47,6 @@ class SplitData:
 class TrainingState:
     epoch: int = 0  # epochs finished
     best_epoch: int = 0
-    best_score: float = -1.0
     best_parameters: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
 
@@ -187,7 +186,7 @@ def train(
                "seconds": time.perf_counter() - started}
         state.history.append(row)
         if best_epoch(state.history, select_column) == epoch:
-            state.best_score, state.best_epoch = row[select_column], epoch
+            state.best_epoch = epoch
             state.best_parameters = trainable_state(classifier)
         state.epoch = epoch
         log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})

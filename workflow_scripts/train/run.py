@@ -174,19 +174,19 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
         "val": val_report,
         "best_epoch": state.best_epoch,
         "epochs": epochs,
-        "selected_on": select_on if epochs else None,
-        "selected_on_test": bool(epochs) and select_on == "test",
-        "select_metric": settings["select_metric"] if epochs else None,
+        "selected_on": select_on,
+        "selected_on_test": select_on == "test",
+        "select_metric": settings["select_metric"] if select_on else None,
         **counts,
         "trained_on": trained_on,
-        "n_train": len(fit_data.clips) if epochs else 0,
+        "n_train": len(fit_data.clips) if fit_data else 0,
         "wall_seconds": time.perf_counter() - started,
         "device": str(device),
         "provenance": record,
     }
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / ".resume", ignore_errors=True)
-    selection = f"on {select_on} by {settings['select_metric']}" if epochs else "none: untrained"
+    selection = f"on {select_on} by {settings['select_metric']}" if select_on else "none: untrained"
     log.info("%s: test UAR %.4f WAR %.4f F1 %.4f (best epoch %d; selection %s)", run.id, test_report["uar"],
              test_report["war"], test_report["macro_f1"], state.best_epoch, selection)
     return metrics
