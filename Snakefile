@@ -13,6 +13,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/train.smk"
+include: "rules/capture.smk"
 
 
 rule all:

@@ -13,6 +13,7 @@ sys.path.insert(0, workflow.basedir)
 
 import pandas as pd
 
+from workflow_scripts.capture.settings import capture_settings
 from workflow_scripts.cluster import model_job_resources
 from workflow_scripts.config import validate_config
 from workflow_scripts.data.audio_cache import audio_cache_settings
@@ -93,6 +94,13 @@ def model_spec_json(wildcards):
 
 
 RUN_DIR = f"results/runs/{RUN_PATTERN}"
+ACTS_DIR = f"results/acts/{RUN_PATTERN}"
+# A run's wildcards as the arguments a per-run entry point takes (in a rule's shell command).
+RUN_ARGS = (
+    "--dataset {wildcards.dataset} --protocol {wildcards.protocol} --model {wildcards.model}"
+    " --method {wildcards.method} --targets {wildcards.targets} --rank {wildcards.rank}"
+    " --seed {wildcards.seed} --fold {wildcards.fold}"
+)
 
 
 def folds_of(dataset, protocol):
@@ -113,6 +121,15 @@ def run_spec_json(wildcards):
     return as_json(run_settings(config, wildcards.dataset, wildcards.method))
 
 
+def capture_spec_json(kind):
+    """The settings one store kind (acts, grads) of a run reads."""
+
+    def spec(wildcards):
+        return as_json(capture_settings(config, wildcards.dataset, kind))
+
+    return spec
+
+
 def model_job_resource(name):
     """One resource of a job that runs model {model}: GPUs from the config key `gpus`, memory and
     run time by the model's size class (workflow_scripts/cluster.py). Resources are not params:
@@ -127,6 +144,18 @@ def model_job_resource(name):
 def run_features(wildcards):
     n_mels = config["models"][wildcards.model]["num_mel_bins"]
     return f"results/features/{wildcards.dataset}/logmel{n_mels}.zarr"
+
+
+# What a run's captures read: its weights (metrics.json too: it is written last, so a run that
+# has it is complete), the base checkpoint, the log-mel cache and the fold table.
+capture_inputs = {
+    "weights": f"{RUN_DIR}/weights",
+    "metrics": f"{RUN_DIR}/metrics.json",
+    "checkpoint": "results/models/{model}",
+    "features": run_features,
+    "manifest": "results/data/{dataset}/manifest.parquet",
+    "folds": "results/data/{dataset}/folds/{protocol}.parquet",
+}
 
 
 def run_outputs(run):
@@ -149,5 +178,6 @@ def final_outputs(wildcards):
     features = [f"results/features/{d}/logmel{n}.zarr" for d in DATASETS for n in MEL_BINS]
     models = [f"results/models/{model}" for model in MODELS]
     runs = [path for run in training_runs() for path in run_outputs(run)]
+    stores = [f"results/acts/{run.id}/{kind}.zarr" for run in training_runs() for kind in ("acts", "grads")]
     tables = ["results/tables/performance.csv", "results/tables/performance.md"]
-    return data + features + models + runs + tables
+    return data + features + models + runs + stores + tables

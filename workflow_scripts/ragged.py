@@ -1,4 +1,4 @@
-"""Ragged (variable-length) arrays in one Zarr v3 group, compressed-sparse-row style.
+"""Ragged (variable-length) arrays in Zarr v3 groups, compressed-sparse-row style.
 
 Every item (a clip) is a run of rows of one shared array, and ``offsets`` says where each run
 starts::
@@ -8,21 +8,112 @@ starts::
     attributes  "utt_ids" (item order) plus whatever the store kind adds
 
 The audio cache (``samples``, 1-D rows) and the log-mel cache (``mel``, rows of n_mels) are
-such stores; their modules document their own attributes. Writing is append-only by one
-writer, in large blocks, into a temporary folder that is renamed into place on success.
+such stores, written by :class:`RaggedWriter`; their modules document their own attributes.
+The activation stores (``workflow_scripts.capture.store``) are built from the same parts:
+:class:`ArrayAppender` (one array grown along its first axis) and :class:`RaggedArrays`
+(several ragged arrays that share one ``offsets``). Writing is append-only by one writer, in
+large blocks, into a temporary folder that is renamed into place on success.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from workflow_scripts.atomic import atomic_path
 
 FLUSH_BYTES = 16 << 20  # write in blocks of about 16 MiB
+CHUNK_BYTES = 4 << 20  # aim for chunks of about 4 MiB (uncompressed)
+
+
+def chunk_rows_for(row_shape: Sequence[int], dtype: str, *, least: int = 1, most: int = 1 << 20) -> int:
+    """Rows per chunk so that a chunk holds about ``CHUNK_BYTES``, within ``[least, most]``."""
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return int(min(most, max(least, CHUNK_BYTES // max(row_bytes, 1))))
+
+
+class ArrayAppender:
+    """A new Zarr array grown along axis 0 by buffered appends (``flush`` writes the buffer).
+
+    ``dimension_names`` name the axes (Zarr v3 metadata; xarray reads them).
+    """
+
+    def __init__(self, group, name: str, row_shape: Sequence[int], dtype: str, chunk_rows: int,
+                 dimension_names: Sequence[str] | None = None):
+        self.name, self.row_shape, self.dtype = name, tuple(row_shape), np.dtype(dtype)
+        self.array = group.create_array(
+            name, shape=(0, *self.row_shape), chunks=(chunk_rows, *self.row_shape), dtype=dtype,
+            fill_value=0, dimension_names=list(dimension_names) if dimension_names else None,
+        )
+        self.rows = 0  # rows appended, written or not
+        self._written = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_bytes = 0
+
+    def append(self, rows: np.ndarray, item: str = "") -> None:
+        """Append ``rows`` (``item`` names them in an error)."""
+        rows = np.asarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"{item or self.name}: rows must be [n, {', '.join(map(str, self.row_shape))}], got {rows.shape}")
+        self._pending.append(rows)
+        self.rows += len(rows)
+        self._pending_bytes += rows.nbytes
+        if self._pending_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.array.resize((self.rows, *self.row_shape))
+            self.array[self._written : self.rows] = np.concatenate(self._pending)
+            self._written, self._pending, self._pending_bytes = self.rows, [], 0
+
+
+class RaggedArrays:
+    """Ragged arrays in one Zarr group that share ``offsets``: item i has the same number of rows
+    in each of them (e.g. one clip's frames at several layers)."""
+
+    def __init__(self, group):
+        self.group = group
+        self.arrays: dict[str, ArrayAppender] = {}
+        self.offsets = [0]
+
+    def add(self, name: str, row_shape: Sequence[int], dtype: str, *, chunk_rows: int | None = None,
+            dimension_names: Sequence[str] | None = None) -> None:
+        """Declare an array (``name`` may hold '/' for nested groups) before the first append."""
+        if len(self.offsets) > 1:
+            raise RuntimeError(f"{name}: arrays must be added before the first item")
+        chunk_rows = chunk_rows or chunk_rows_for(row_shape, dtype, least=1024)
+        self.arrays[name] = ArrayAppender(self.group, name, row_shape, dtype, chunk_rows, dimension_names)
+
+    def append(self, rows: dict[str, np.ndarray], item: str = "an item") -> None:
+        """Append one item (``item`` names it in an error): the same number of rows for every
+        declared array."""
+        if rows.keys() != self.arrays.keys():
+            raise ValueError(f"{item} needs rows for exactly {sorted(self.arrays)}, got {sorted(rows)}")
+        lengths = {len(value) for value in rows.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"{item}: its arrays disagree on its number of rows: {sorted(lengths)}")
+        for name, value in rows.items():
+            self.arrays[name].append(value, item if len(rows) == 1 else f"{item}, {name}")
+        self.offsets.append(self.offsets[-1] + (lengths.pop() if lengths else 0))
+
+    def close(self, offsets_name: str = "offsets") -> None:
+        """Write what is buffered and the offsets."""
+        for appender in self.arrays.values():
+            appender.flush()
+        offsets = np.asarray(self.offsets, dtype=np.int64)
+        self.group.create_array(offsets_name, data=offsets, chunks=(len(offsets),),
+                                dimension_names=["item_edge"])
+
+
+def item_rows(array, offsets: np.ndarray, index: int) -> np.ndarray:
+    """Item ``index``'s rows of a ragged ``array``."""
+    return array[int(offsets[index]) : int(offsets[index + 1])]
 
 
 class RaggedWriter:
-    """Append items to a new ragged store; the store appears only when the ``with`` succeeds.
+    """Append items to a new single-array ragged store; the store appears only when the ``with`` succeeds.
 
     >>> with RaggedWriter("logmel80.zarr", "mel", (80,), chunk_rows=8192) as writer:  # doctest: +SKIP
     ...     writer.append("utt1", frames)
@@ -33,45 +124,28 @@ class RaggedWriter:
         self.path, self.name, self.row_shape = path, name, tuple(row_shape)
         self.chunk_rows, self.dtype = chunk_rows, dtype
         self.utt_ids: list[str] = []
-        self.offsets = [0]
         self.attrs: dict = {}
-        self._pending: list[np.ndarray] = []
-        self._pending_bytes = 0
-        self._written = 0
 
     def __enter__(self) -> "RaggedWriter":
         import zarr  # here, not at the top: pure modules import this package with torch alone
 
         self._atomic = atomic_path(self.path, directory=True)
         self._group = zarr.open_group(str(self._atomic.__enter__()), mode="w", zarr_format=3)
-        self._data = self._group.create_array(
-            self.name, shape=(0, *self.row_shape), chunks=(self.chunk_rows, *self.row_shape),
-            dtype=self.dtype, fill_value=0,
-        )
+        self._items = RaggedArrays(self._group)
+        self._items.add(self.name, self.row_shape, self.dtype, chunk_rows=self.chunk_rows)
         return self
 
-    def append(self, utt_id: str, rows: np.ndarray) -> None:
-        if rows.shape[1:] != self.row_shape:
-            raise ValueError(f"{utt_id}: rows must be [n, {', '.join(map(str, self.row_shape))}], got {rows.shape}")
-        self.utt_ids.append(utt_id)
-        self.offsets.append(self.offsets[-1] + len(rows))
-        self._pending.append(np.asarray(rows, dtype=self.dtype))
-        self._pending_bytes += self._pending[-1].nbytes
-        if self._pending_bytes >= FLUSH_BYTES:
-            self._flush()
+    @property
+    def offsets(self) -> list[int]:
+        return self._items.offsets
 
-    def _flush(self) -> None:
-        if self._pending:
-            end = self.offsets[-1]
-            self._data.resize((end, *self.row_shape))
-            self._data[self._written : end] = np.concatenate(self._pending)
-            self._written, self._pending, self._pending_bytes = end, [], 0
+    def append(self, utt_id: str, rows: np.ndarray) -> None:
+        self._items.append({self.name: rows}, utt_id)
+        self.utt_ids.append(utt_id)
 
     def __exit__(self, kind, error, trace) -> bool:
         if kind is None:
-            self._flush()
-            offsets = np.asarray(self.offsets, dtype=np.int64)
-            self._group.create_array("offsets", data=offsets, chunks=(len(offsets),))
+            self._items.close()
             self._group.attrs.update({**self.attrs, "utt_ids": self.utt_ids})
         return self._atomic.__exit__(kind, error, trace)
 
@@ -97,7 +171,7 @@ class RaggedReader:
         return int(self.offsets[index + 1] - self.offsets[index])
 
     def __getitem__(self, index: int) -> np.ndarray:
-        return self.data[int(self.offsets[index]) : int(self.offsets[index + 1])]
+        return item_rows(self.data, self.offsets, index)
 
     def load_all(self) -> list[np.ndarray]:
         """Every item, read in one pass (a dataset's cache fits in memory)."""

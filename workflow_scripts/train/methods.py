@@ -121,6 +121,11 @@ def load_trained(weights: str | Path, checkpoint: str | Path, classes: list[str]
         from safetensors.torch import load_file
 
         model = load_classifier(checkpoint, classes)
-        model.load_state_dict(load_file(weights / "head.safetensors"), strict=False)
+        result = model.load_state_dict(load_file(weights / "head.safetensors"), strict=False)
+        missing_head = [key for key in result.missing_keys if key.split(".")[0] in HEAD_MODULES]
+        if result.unexpected_keys or missing_head:
+            # Loading nothing would silently score the random head.
+            raise InputError(f"{weights / 'head.safetensors'} does not fit the model: unexpected "
+                             f"{result.unexpected_keys[:5]}, missing {missing_head[:5]}")
         return model
     return load_classifier(weights, classes)

@@ -1,0 +1,199 @@
+"""Capture one run's activation store: ``acts`` (forward, every clip) or ``grads`` (forward and
+backward, a class-balanced training subset). The store layout is docs/activation-store.md.
+
+``acts``: every clip of the run's fold table, tagged train/val/test; utterance-level pooled
+arrays and contribution sums for all, frame-level arrays for the test clips.
+
+``grads``: ``capture.grads_per_class`` clips of each class from the fold's training split,
+chosen by ``capture.grads_seed`` alone (:func:`capture.settings.balanced_subset` over the fold
+table's order), so every run of a fold -- trained or not, any method, rank or seed -- sees the
+same clips in the same order. The model is in eval mode with only its LoRA weights requiring
+gradients, as in the paper.
+
+Batches are sorted by length (little padding) and streamed to the store, which is written to a
+temporary folder and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workflow_scripts.capture.passes import CapturePlan, capture_forward, capture_gradients, lora_modules, lora_parts
+from workflow_scripts.capture.settings import balanced_subset, resolve_indices
+from workflow_scripts.capture.store import CaptureStoreWriter, StoreShape
+from workflow_scripts.cli import entry_parser, resolve_spec, run_main
+from workflow_scripts.cluster import check_gpu_allocation
+from workflow_scripts.config import config_hash
+from workflow_scripts.errors import InputError
+from workflow_scripts.features import FeatureStore, collate, max_frames_of
+from workflow_scripts.models.encoder import classification_model
+from workflow_scripts.provenance import provenance
+from workflow_scripts.runs import Run
+from workflow_scripts.train.batches import evaluation_batches
+from workflow_scripts.train.loop import pick_device
+from workflow_scripts.train.methods import load_trained
+
+log = logging.getLogger(__name__)
+
+
+def fold_clips(run: Run, manifest: pd.DataFrame, folds: pd.DataFrame, store: FeatureStore,
+               classes: list[str]) -> pd.DataFrame:
+    """The run's clips in fold-table order: utt_id, split, speaker, label (index), length (mel frames)."""
+    rows = folds[(folds["protocol"] == run.protocol) & (folds["fold"] == run.fold)][["utt_id", "split"]]
+    if rows.empty:
+        raise InputError(f"{run.id}: {run.dataset} has no fold {run.fold} under protocol {run.protocol!r}")
+    table = rows.merge(manifest[["utt_id", "speaker", "label"]], on="utt_id", how="left", validate="1:1")
+    missing = [u for u in table["utt_id"] if u not in store.index]
+    if missing or table["label"].isna().any():
+        raise InputError(f"{store.path} or the manifest lacks {len(missing) or int(table['label'].isna().sum())} "
+                         f"clips of the fold table (e.g. {missing[:3]}): rebuild them")
+    index = {c: i for i, c in enumerate(classes)}
+    table["label"] = table["label"].map(index).astype(np.int64)
+    table["length"] = [store.length(store.index[u]) for u in table["utt_id"]]
+    return table.reset_index(drop=True)
+
+
+def load_run_model(run: Run, checkpoint: Path, weights: Path, classes: list[str]) -> torch.nn.Module:
+    """The classifier the run saved, in eval mode; weights that are missing or do not fit the
+    model are an input error naming the run."""
+    if not weights.is_dir() or not any(weights.iterdir()):
+        raise InputError(f"{run.id}: no weights in {weights}; run its train job first")
+    try:
+        model = load_trained(weights, checkpoint, classes, run.method)
+    except InputError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        raise InputError(f"{run.id}: the weights in {weights} do not fit {checkpoint}: "
+                         f"{error.__class__.__name__}: {str(error)[:500]}") from error
+    if hasattr(model, "peft_config"):
+        config = model.peft_config[model.active_adapter]
+        saved = (config.r, sorted(config.target_modules))
+        if saved != (run.rank, sorted(run.target_modules)):
+            raise InputError(f"{run.id}: {weights} holds a rank-{saved[0]} adapter on {saved[1]}, "
+                             f"not rank {run.rank} on {run.target_modules}")
+    return model.eval()
+
+
+def store_attributes(run: Run, model, settings: dict) -> dict:
+    peft = getattr(model, "peft_config", {}).get("default")
+    return {
+        "run": run.id, **{k: getattr(run, k) for k in ("dataset", "protocol", "model", "method", "seed", "fold")},
+        "targets": run.target_modules, "rank": run.rank,
+        "alpha": float(peft.lora_alpha) if peft else None,
+        "scaling": float(peft.lora_alpha) / peft.r if peft else None,
+        "legacy": settings["legacy"], "max_seconds": settings["max_seconds"],
+        "config_hash": config_hash(settings),
+    }
+
+
+def store_shape(kind: str, model, classes: list[str], settings: dict) -> StoreShape:
+    """The arrays a store will hold, with ``capture.*`` layer choices resolved and checked."""
+    config = classification_model(model).config
+    n_layers, d_model = config.encoder_layers, config.d_model
+    modules = {key: (lora_parts(m)[0].out_features, lora_parts(m)[1].out_features)
+               for key, m in lora_modules(model).items()}
+    if kind == "grads":  # everything, frame by frame, in float32 (gradients underflow in fp16)
+        return StoreShape(kind, n_layers, d_model, tuple(classes), modules, tuple(range(n_layers + 1)),
+                          tuple(range(n_layers)), "float32")
+    capture = settings["capture"]
+    return StoreShape(
+        kind, n_layers, d_model, tuple(classes), modules,
+        resolve_indices(capture["resid_layers"], n_layers + 1, d_model, "capture.resid_layers"),
+        resolve_indices(capture["lora_b_blocks"], n_layers, d_model, "capture.lora_b_blocks"),
+        capture["frame_dtype"],
+    )
+
+
+def _batches(clips: pd.DataFrame, store: FeatureStore, settings: dict, device: torch.device):
+    """Length-sorted batches: ``(rows of clips, features, mel mask)``, read from the cache per batch."""
+    max_frames = max_frames_of(settings["max_seconds"])
+    for batch in evaluation_batches(clips["length"].to_numpy(), settings["capture"]["batch_size"]):
+        part = clips.iloc[batch]
+        features, mask = collate([store[store.index[u]] for u in part["utt_id"]], max_frames, settings["legacy"])
+        yield part, features.to(device), mask.to(device)
+
+
+def _utterance_columns(part: pd.DataFrame) -> dict:
+    return {"utterance": part["utt_id"].to_numpy(), "speaker": part["speaker"].astype(str).to_numpy(),
+            "split": part["split"].to_numpy(), "label": part["label"].to_numpy()}
+
+
+def capture_store(kind: str, run: Run, settings: dict, checkpoint: Path, weights: Path, features: Path,
+                  manifest: Path, folds: Path, out: Path) -> dict:
+    """Write ``out`` (an acts or grads store) for ``run``; return a short summary."""
+    started = time.perf_counter()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    classes = list(settings["classes"])
+    store = FeatureStore(str(features))
+    clips = fold_clips(run, pd.read_parquet(manifest), pd.read_parquet(folds), store, classes)
+    model = load_run_model(run, checkpoint, weights, classes)
+    shape = store_shape(kind, model, classes, settings)  # checks the layer settings before writing
+    device = pick_device(settings["device"])
+    model.to(device)
+    if kind == "grads":
+        train = clips[clips["split"] == "train"].reset_index(drop=True)
+        capture = settings["capture"]
+        clips = train.iloc[balanced_subset(train["label"].to_numpy(), capture["grads_per_class"],
+                                           capture["grads_seed"])].reset_index(drop=True)
+        model.requires_grad_(False)
+        for module in lora_modules(model).values():
+            for part in lora_parts(module):
+                part.requires_grad_(True)
+    attrs = {**store_attributes(run, model, settings), "classes": classes,
+             "provenance": provenance(f"capture_{kind}", settings, run=run.id)}
+    if kind == "grads":
+        attrs.update(grads_per_class=settings["capture"]["grads_per_class"],
+                     grads_seed=settings["capture"]["grads_seed"])
+    plan = CapturePlan(settings["legacy"], shape.resid_layers, shape.lora_b_blocks)
+    with CaptureStoreWriter(out, shape, attrs) as writer:
+        for part, batch_features, mask in _batches(clips, store, settings, device):
+            if kind == "acts":
+                keep = (part["split"] == "test").tolist()
+                utterance, rows = capture_forward(model, batch_features, mask, plan, keep)
+            else:
+                labels = torch.tensor(part["label"].to_numpy(), device=device)
+                utterance, rows = capture_gradients(model, batch_features, mask, labels, settings["legacy"])
+                model.zero_grad(set_to_none=True)
+            writer.append_utterances({**_utterance_columns(part), **utterance})
+            for utt_id, frame_rows in zip(part["utt_id"], rows):
+                if frame_rows is not None:
+                    writer.append_frames(utt_id, frame_rows)
+    summary = {"store": str(out), "utterances": len(clips), "frame_items": len(writer.frame_items),
+               "seconds": round(time.perf_counter() - started, 1)}
+    log.info("%s: %s", run.id, summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = entry_parser("workflow_scripts.capture.run", __doc__)
+    parser.add_argument("--store", required=True, choices=["acts", "grads"], help="which store to write")
+    for name in ("dataset", "protocol", "model", "method", "targets"):
+        parser.add_argument(f"--{name}", required=True)
+    for name in ("rank", "seed", "fold"):
+        parser.add_argument(f"--{name}", required=True, type=int)
+    parser.add_argument("--checkpoint", required=True, help="results/models/{model}")
+    parser.add_argument("--weights", required=True, help="the run's weights/ folder")
+    parser.add_argument("--features", required=True, help="results/features/{dataset}/logmel{n}.zarr")
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--folds", required=True)
+    parser.add_argument("--out", required=True, help="the store to write (acts.zarr or grads.zarr)")
+    parser.add_argument("--gpus", type=int, default=0,
+                        help="GPUs this job asked its scheduler for; under SLURM it stops at once if CUDA sees fewer")
+    args = parser.parse_args(argv)
+    check_gpu_allocation(args.gpus)
+    run = Run.from_wildcards(vars(args))
+    from workflow_scripts.capture.settings import capture_settings
+
+    settings = resolve_spec(args, lambda config: capture_settings(config, run.dataset, args.store))
+    capture_store(args.store, run, settings, Path(args.checkpoint), Path(args.weights), Path(args.features),
+                  Path(args.manifest), Path(args.folds), Path(args.out))
+
+
+if __name__ == "__main__":
+    run_main(main)
