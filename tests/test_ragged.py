@@ -28,3 +28,31 @@ def test_failure_leaves_nothing(tmp_path):
             writer.append("u0", np.zeros(3, dtype=np.float32))
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ragged_arrays_share_offsets_and_refuse_mismatched_items(tmp_path, monkeypatch):
+    import zarr
+
+    from workflow_scripts.ragged import RaggedArrays, chunk_rows_for, item_rows
+
+    monkeypatch.setattr(ragged, "FLUSH_BYTES", 64)
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=3)
+    arrays = RaggedArrays(group)
+    arrays.add("a/x", (2,), "float32", dimension_names=["frame", "w"])
+    arrays.add("b", (), "int64")
+    items = [np.arange(2 * n, dtype=np.float32).reshape(n, 2) for n in (3, 0, 5)]
+    for n, rows in zip((3, 0, 5), items):
+        arrays.append({"a/x": rows, "b": np.full(n, n)}, f"item{n}")
+    with pytest.raises(ValueError, match=r"bad: its arrays disagree on its number of rows: \[1, 2\]"):
+        arrays.append({"a/x": np.zeros((2, 2)), "b": np.zeros(1)}, "bad")
+    with pytest.raises(ValueError, match=r"bad needs rows for exactly \['a/x', 'b'\]"):
+        arrays.append({"a/x": np.zeros((2, 2))}, "bad")
+    arrays.close()
+    offsets = group["offsets"][:]
+    assert offsets.tolist() == [0, 3, 3, 8]
+    for index, rows in enumerate(items):
+        np.testing.assert_array_equal(item_rows(group["a/x"], offsets, index), rows)
+    assert group["b"][:].tolist() == [3, 3, 3, 5, 5, 5, 5, 5]
+    assert group["a/x"].metadata.dimension_names == ("frame", "w")
+    assert chunk_rows_for((512,), "float32", least=1024) == 2048  # 4 MiB of 2-kB rows
+    assert chunk_rows_for((1,), "float16", most=4096) == 4096

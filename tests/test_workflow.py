@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -98,7 +99,7 @@ FROZEN_RUN = Path("results/runs/demo/holdout/tiny/frozen/none/r0/seed0/fold1")
 
 def test_full_data_stage(workdir, tiny_run):
     assert jobs_run(tiny_run) >= {"demo_corpus", "manifest", "folds", "audio_cache", "features", "model", "train",
-                                  "performance"}
+                                  "capture_acts", "capture_grads", "performance"}
     data = workdir / "results" / "data" / "demo"
     manifest = pd.read_parquet(data / "manifest.parquet")
     assert len(manifest) == 32 and manifest["speaker"].nunique() == 4
@@ -124,6 +125,22 @@ def test_full_data_stage(workdir, tiny_run):
     assert "| demo | holdout | tiny | lora | q_proj, v_proj | 4 |" in (tables / "performance.md").read_text()
     assert sorted(p.name for p in (workdir / RUN).iterdir()) == ["history.csv", "metrics.json", "predictions.parquet",
                                                                  "weights"]
+
+    from workflow_scripts.capture.store import CaptureStore, validate_store
+
+    for run in (RUN, FROZEN_RUN):
+        stores = workdir / "results" / "acts" / run.relative_to("results/runs")
+        for kind in ("acts", "grads"):
+            assert validate_store(stores / f"{kind}.zarr") == []
+            assert (workdir / "results" / "logs" / f"capture_{kind}" / f"{run.relative_to('results/runs')}.log").is_file()
+        predictions = pd.read_parquet(workdir / run / "predictions.parquet").set_index("utt_id")
+        acts = CaptureStore(stores / "acts.zarr", kind="acts")
+        position = {u: i for i, u in enumerate(acts.utt_ids)}
+        np.testing.assert_allclose(acts.logits()[[position[u] for u in predictions.index]],
+                                   np.stack(predictions["logits"]), atol=1e-4)
+    lora_grads = CaptureStore(workdir / "results" / "acts" / RUN.relative_to("results/runs") / "grads.zarr")
+    frozen_grads = CaptureStore(workdir / "results" / "acts" / FROZEN_RUN.relative_to("results/runs") / "grads.zarr")
+    assert lora_grads.utt_ids == frozen_grads.utt_ids and lora_grads.adapted() and not frozen_grads.adapted()
 
     again = snakemake(workdir)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -151,9 +168,23 @@ def test_a_new_protocol_makes_only_its_fold_table(workdir, tiny_run):
 ], ids=["lr", "lora_dropout", "max_seconds"])
 def test_a_changed_setting_reruns_only_what_uses_it(workdir, tiny_run, change, trains, untouched):
     jobs = jobs_listed(snakemake(workdir, "-n", config=with_changes(TINY, **change)))
-    assert {rule for rule, _ in jobs} == {"train", "performance", "all"}
+    assert {rule for rule, _ in jobs} == {"train", "capture_acts", "capture_grads", "performance", "all"}
     assert trained_methods(jobs) == trains
     assert not trained_methods(jobs) & untouched
+    for capture in ("capture_acts", "capture_grads"):  # a retrained run's stores are captured again
+        assert {w["method"] for rule, w in jobs if rule == capture} == trains
+
+
+@pytest.mark.parametrize("change, rules", [
+    ({"capture": {"grads_per_class": 5}}, {"capture_grads"}),
+    ({"capture": {"frame_dtype": "float16"}}, {"capture_acts"}),
+    ({"capture": {"batch_size": 4}}, {"capture_acts", "capture_grads"}),
+], ids=["grads_per_class", "frame_dtype", "batch_size"])
+def test_a_changed_capture_setting_reruns_only_those_captures(workdir, tiny_run, change, rules):
+    jobs = jobs_listed(snakemake(workdir, "-n", config=with_changes(TINY, **change)))
+    assert {rule for rule, _ in jobs} == rules | {"all"}
+    for rule in rules:  # every run's store of that kind, nothing else
+        assert sorted(w["method"] for name, w in jobs if name == rule) == ["frozen", "lora", "lora_init"]
 
 
 def test_a_lost_run_is_rebuilt_with_the_table(workdir, tiny_run):
@@ -165,8 +196,8 @@ def test_a_lost_run_is_rebuilt_with_the_table(workdir, tiny_run):
     shutil.rmtree(workdir / FROZEN_RUN)
     rerun = snakemake(workdir, config=TINY)
     jobs = jobs_listed(rerun)
-    assert [rule for rule, _ in jobs if rule != "all"] == ["train", "performance"]
-    assert trained_methods(jobs) == {"frozen"}
+    assert sorted(rule for rule, _ in jobs if rule != "all") == ["capture_acts", "capture_grads", "performance", "train"]
+    assert {w["method"] for rule, w in jobs if rule != "all" and rule != "performance"} == {"frozen"}
     assert sorted(p.name for p in (workdir / FROZEN_RUN).iterdir()) == ["history.csv", "metrics.json",
                                                                         "predictions.parquet", "weights"]
     assert (tables / "performance.csv").stat().st_mtime_ns > table_before
@@ -180,9 +211,9 @@ def test_more_seeds_train_only_the_new_runs(workdir, tiny_run):
     more_seeds = with_changes(TINY, training={"seeds": [0, 1]})
     rerun = snakemake(workdir, config=more_seeds)
     jobs = jobs_listed(rerun)
-    assert {rule for rule, _ in jobs} == {"train", "performance", "all"}
+    assert {rule for rule, _ in jobs} == {"train", "capture_acts", "capture_grads", "performance", "all"}
     assert sorted(w["method"] for rule, w in jobs if rule == "train") == ["frozen", "lora", "lora_init"]
-    assert {w["seed"] for rule, w in jobs if rule == "train"} == {"1"}
+    assert {w["seed"] for rule, w in jobs if rule != "all" and rule != "performance"} == {"1"}
     assert (workdir / RUN / "metrics.json").stat().st_mtime_ns == before
     assert pd.read_csv(tables / "performance.csv")["runs"].tolist() == [2, 2, 2]
 

@@ -48,6 +48,15 @@ def lora_parts(module: nn.Module) -> tuple[nn.Module, nn.Module]:
     return module.lora_A[adapter], module.lora_B[adapter]
 
 
+def only_lora_requires_grad(model: nn.Module) -> None:
+    """Freeze everything but the LoRA A and B weights, so the graph reaches them and nothing else
+    (paper 3.5). A model without LoRA is left with nothing to differentiate."""
+    model.requires_grad_(False)
+    for module in lora_modules(model).values():
+        for part in lora_parts(module):
+            part.requires_grad_(True)
+
+
 @dataclass(frozen=True)
 class CapturePlan:
     """Which frame-level quantities to return (``capture.*`` settings resolved for the model)."""

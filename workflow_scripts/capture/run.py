@@ -24,7 +24,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workflow_scripts.capture.passes import CapturePlan, capture_forward, capture_gradients, lora_modules, lora_parts
+from workflow_scripts.capture.passes import (
+    CapturePlan,
+    capture_forward,
+    capture_gradients,
+    lora_modules,
+    lora_parts,
+    only_lora_requires_grad,
+)
 from workflow_scripts.capture.settings import balanced_subset, resolve_indices
 from workflow_scripts.capture.store import CaptureStoreWriter, StoreShape
 from workflow_scripts.cli import entry_parser, resolve_spec, run_main
@@ -141,10 +148,7 @@ def capture_store(kind: str, run: Run, settings: dict, checkpoint: Path, weights
         capture = settings["capture"]
         clips = train.iloc[balanced_subset(train["label"].to_numpy(), capture["grads_per_class"],
                                            capture["grads_seed"])].reset_index(drop=True)
-        model.requires_grad_(False)
-        for module in lora_modules(model).values():
-            for part in lora_parts(module):
-                part.requires_grad_(True)
+        only_lora_requires_grad(model)
     attrs = {**store_attributes(run, model, settings), "classes": classes,
              "provenance": provenance(f"capture_{kind}", settings, run=run.id)}
     if kind == "grads":
