@@ -277,3 +277,46 @@ def test_missing_or_unfitting_weights_name_the_run_and_write_no_store(dataset, r
     with pytest.raises(InputError, match=r"frozen/none/r0/seed0/fold1: the weights in .* do not fit"):
         attempt(toy_run("frozen", "none", 0), runs["lora"] / "weights")
     assert not (tmp_path / "acts.zarr").exists()
+
+
+@pytest.fixture(scope="module")
+def whisper_base_run(dataset, tmp_path_factory):
+    """The real Whisper-base (offline weights) with the original's random LoRA (A, B ~ N(0, 0.02)),
+    scored on the toy features: a cheap run whose B outputs are not zero."""
+    from workflow_scripts.models.build import build_checkpoint
+    from workflow_scripts.runs import Run, run_settings
+    from workflow_scripts.train.run import run_training
+
+    root = tmp_path_factory.mktemp("whisper_base")
+    build_checkpoint("whisper-base", {"source": "offline_whisper_base", "num_mel_bins": 80}, root / "checkpoint")
+    run = Run("toy", "loso_speaker", "whisper-base", "lora_random", "q_proj+v_proj", 8, 0, 1)
+    run_training(run, run_settings(toy_config(), "toy", "lora_random"), root / "checkpoint",
+                 dataset / "logmel80.zarr", dataset / "manifest.parquet", dataset / "folds.parquet", root / "run")
+    settings = capture_settings(toy_config(), "toy", "acts")
+    capture_store("acts", run, settings, root / "checkpoint", root / "run" / "weights", dataset / "logmel80.zarr",
+                  dataset / "manifest.parquet", dataset / "folds.parquet", root / "acts.zarr")
+    return run, root
+
+
+def test_real_whisper_base_capture_reproduces_its_logits_and_b_a_x(whisper_base_run, dataset):
+    run, root = whisper_base_run
+    store = CaptureStore(root / "acts.zarr", kind="acts")
+    assert store.attrs["n_layers"] == 6 and store.attrs["d_model"] == 512 and store.attrs["resid_layers"] == list(range(7))
+    predictions = pd.read_parquet(root / "run" / "predictions.parquet").set_index("utt_id")
+    position = {u: i for i, u in enumerate(store.utt_ids)}
+    np.testing.assert_allclose(store.logits()[[position[u] for u in predictions.index]],
+                               np.stack(predictions["logits"]), atol=1e-4)
+    model = load_run_model(run, root / "checkpoint", root / "run" / "weights", CLASSES)
+    hf = classification_model(model)
+    with torch.no_grad():
+        logits = hf.classifier(hf.projector(torch.from_numpy(store.pooled("normed")[:, -1]))).numpy()
+    np.testing.assert_allclose(logits, store.logits(), atol=1e-4)
+    utt = store.frame_items[0]
+    features, mask = clip_batch(dataset, [utt])
+    v_proj = hf.encoder.layers[5].self_attn.v_proj
+    a, b = lora_parts(v_proj)
+    with torch.no_grad(), Trace(v_proj, retain_input=True) as trace:
+        classify(model, features, mask)
+    expected = trace.input[0] @ a.weight.T @ b.weight.T
+    assert expected.abs().max() > 1e-3  # random B: a real check, not 0 == 0
+    np.testing.assert_allclose(store.frames(("lora", 5, "v_proj", "b_out"), 0), expected.numpy(), atol=1e-4)

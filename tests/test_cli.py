@@ -17,6 +17,7 @@ ENTRY_POINTS = [
     "workflow_scripts.models.build",
     "workflow_scripts.models.convert",
     "workflow_scripts.train.run",
+    "workflow_scripts.capture.run",
     "workflow_scripts.report.performance",
     "workflow_scripts.provenance",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from workflow_scripts.config import dataset_spec
 from workflow_scripts.errors import InputError
 
 STORE_KEYS = {
@@ -27,7 +28,7 @@ def capture_settings(config: dict, dataset: str, kind: str) -> dict:
         "capture": {key: config["capture"][key] for key in STORE_KEYS[kind]},
         "legacy": config["legacy"],
         "max_seconds": config["audio"]["max_seconds"],
-        "classes": config["datasets"][dataset]["classes"],
+        "classes": dataset_spec(config, dataset)["classes"],
         "device": config["training"]["device"],
     }
 
