@@ -218,7 +218,12 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
     records = completed_as_logged(full_run)
     jobs = full_run.jobs()
     assert {job.rule for job in jobs if not job.local} >= {"demo_corpus", "manifest", "folds", "audio_cache",
-                                                           "features", "train", "performance"}
+                                                           "features", "train", "capture_acts", "capture_grads",
+                                                           "performance"}
+    # Each run's two stores are captured in jobs of their own (they run the model, as train does).
+    for capture in ("capture_acts", "capture_grads"):
+        assert sorted(job.wildcards["method"] for job in jobs if job.rule == capture and job.group is None) == [
+            "frozen", "lora", "lora_init"], full_run
     # The model is built on the login node (a local rule), and `all` only collects; everything
     # else ran on the compute node.
     assert {job.rule for job in jobs if job.local} == {"model", "all"}
@@ -229,14 +234,21 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
     assert (workdir / "results" / "tables" / "performance.md").is_file()
     assert sorted(p.name for p in (workdir / RUN).iterdir()) == ["history.csv", "metrics.json", "predictions.parquet",
                                                                  "weights"]
+    from workflow_scripts.capture.store import validate_store
+
+    for kind in ("acts", "grads"):
+        assert validate_store(workdir / "results" / "acts" / RUN.relative_to("results/runs") / f"{kind}.zarr") == []
 
 
 def test_a_changed_training_setting_resubmits_only_the_affected_jobs(workdir, full_run):
     rerun = slurm_snakemake(workdir, config=LR_CHANGED)
     records = completed_as_logged(rerun)
     # The untrained reference (lora_init) does not read the learning rate; nothing upstream does.
-    assert ran(rerun) == [("performance", None), ("train", "frozen"), ("train", "lora")], rerun
-    assert len(records) == 3 and not set(records) & set(full_run.submitted)
+    # The retrained runs' stores are captured again.
+    assert ran(rerun) == [("capture_acts", "frozen"), ("capture_acts", "lora"), ("capture_grads", "frozen"),
+                          ("capture_grads", "lora"), ("performance", None), ("train", "frozen"),
+                          ("train", "lora")], rerun
+    assert len(records) == 7 and not set(records) & set(full_run.submitted)
 
 
 def test_a_failed_job_names_its_logs_and_the_rerun_resubmits_only_it_and_its_dependents(workdir, full_run):
@@ -264,7 +276,8 @@ def test_a_failed_job_names_its_logs_and_the_rerun_resubmits_only_it_and_its_dep
     blocker.unlink()
     rerun = slurm_snakemake(workdir, config=LR_CHANGED)
     completed_as_logged(rerun)
-    assert ran(rerun) == [("performance", None), ("train", "frozen")], rerun
+    assert ran(rerun) == [("capture_acts", "frozen"), ("capture_grads", "frozen"), ("performance", None),
+                          ("train", "frozen")], rerun
 
 
 # One training run, forced to run again with a GPU requested. A GPU job asks for cpus_per_gpu
