@@ -5,8 +5,7 @@ from workflow_scripts import ragged
 from workflow_scripts.ragged import RaggedReader, RaggedWriter
 
 
-def test_round_trip_across_flushes_and_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(ragged, "FLUSH_BYTES", 100)  # flush every few items
+def test_round_trip_across_chunks(tmp_path):
     items = {f"u{i}": np.arange(i * 3, dtype=np.float32).reshape(i, 3) for i in range(7)}  # u0 is empty
     with RaggedWriter(str(tmp_path / "s.zarr"), "rows", (3,), chunk_rows=4) as writer:
         for utt, rows in items.items():
@@ -30,15 +29,14 @@ def test_failure_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ragged_arrays_share_offsets_and_refuse_mismatched_items(tmp_path, monkeypatch):
+def test_ragged_arrays_share_offsets_and_refuse_mismatched_items(tmp_path):
     import zarr
 
     from workflow_scripts.ragged import RaggedArrays, chunk_rows_for, item_rows
 
-    monkeypatch.setattr(ragged, "FLUSH_BYTES", 64)
     group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=3)
     arrays = RaggedArrays(group)
-    arrays.add("a/x", (2,), "float32", dimension_names=["frame", "w"])
+    arrays.add("a/x", (2,), "float32", chunk_rows=2, dimension_names=["frame", "w"])
     arrays.add("b", (), "int64")
     items = [np.arange(2 * n, dtype=np.float32).reshape(n, 2) for n in (3, 0, 5)]
     for n, rows in zip((3, 0, 5), items):
@@ -56,3 +54,24 @@ def test_ragged_arrays_share_offsets_and_refuse_mismatched_items(tmp_path, monke
     assert group["a/x"].metadata.dimension_names == ("frame", "w")
     assert chunk_rows_for((512,), "float32", least=1024) == 2048  # 4 MiB of 2-kB rows
     assert chunk_rows_for((1,), "float16", most=4096) == 4096
+    assert chunk_rows_for((512,), "float32", target_bytes=1 << 20, least=1024) == 1024
+
+
+def test_appends_are_written_a_whole_chunk_at_a_time_from_copies(tmp_path, monkeypatch):
+    """Each chunk is written once (no partial chunk rewritten), and the buffer holds copies: a
+    view would keep the whole array it was cut from alive."""
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=3)
+    appender = ragged.ArrayAppender(group, "x", (2,), "float32", chunk_rows=4)
+    writes = []
+    original = type(appender.array).__setitem__
+    monkeypatch.setattr(type(appender.array), "__setitem__",
+                        lambda array, key, value: (writes.append((key.start, key.stop)), original(array, key, value)))
+    batch = np.arange(40, dtype=np.float32).reshape(20, 2)
+    for start, stop in [(0, 3), (3, 6), (6, 7), (7, 16), (16, 19)]:
+        appender.append(batch[start:stop])
+        assert not any(np.shares_memory(pending, batch) for pending in appender._pending)
+    appender.close()
+    assert writes == [(0, 4), (4, 16), (16, 19)]
+    np.testing.assert_array_equal(group["x"][:], batch[:19])

@@ -23,50 +23,68 @@ import numpy as np
 
 from workflow_scripts.atomic import atomic_path
 
-FLUSH_BYTES = 16 << 20  # write in blocks of about 16 MiB
-CHUNK_BYTES = 4 << 20  # aim for chunks of about 4 MiB (uncompressed)
+CHUNK_BYTES = 4 << 20  # default chunk size (uncompressed): few files, cheap partial reads
+# Ragged arrays declared without a chunk size (the activation stores' frame-level arrays, up to a
+# few hundred per store) get smaller chunks, since each buffers up to about two chunks in memory.
+FRAME_CHUNK_BYTES = 1 << 20
 
 
-def chunk_rows_for(row_shape: Sequence[int], dtype: str, *, least: int = 1, most: int = 1 << 20) -> int:
-    """Rows per chunk so that a chunk holds about ``CHUNK_BYTES``, within ``[least, most]``."""
+def chunk_rows_for(row_shape: Sequence[int], dtype, *, target_bytes: int = CHUNK_BYTES, least: int = 1,
+                   most: int = 1 << 20) -> int:
+    """Rows per chunk so that a chunk holds about ``target_bytes``, within ``[least, most]``."""
     row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    return int(min(most, max(least, CHUNK_BYTES // max(row_bytes, 1))))
+    return int(min(most, max(least, target_bytes // max(row_bytes, 1))))
 
 
 class ArrayAppender:
-    """A new Zarr array grown along axis 0 by buffered appends (``flush`` writes the buffer).
+    """A new Zarr array grown along axis 0 by buffered appends.
 
+    Rows are copied into a buffer and written a whole chunk at a time, so every chunk is
+    compressed and written once, and the buffer never holds much more than one chunk: memory
+    stays flat however many rows are appended. :meth:`close` writes the last, partial chunk.
     ``dimension_names`` name the axes (Zarr v3 metadata; xarray reads them).
     """
 
-    def __init__(self, group, name: str, row_shape: Sequence[int], dtype: str, chunk_rows: int,
-                 dimension_names: Sequence[str] | None = None):
+    def __init__(self, group, name: str, row_shape: Sequence[int], dtype, chunk_rows: int,
+                 dimension_names: Sequence[str] | None = None, compressed: bool = True):
         self.name, self.row_shape, self.dtype = name, tuple(row_shape), np.dtype(dtype)
+        self.chunk_rows = chunk_rows
         self.array = group.create_array(
-            name, shape=(0, *self.row_shape), chunks=(chunk_rows, *self.row_shape), dtype=dtype,
-            fill_value=0, dimension_names=list(dimension_names) if dimension_names else None,
+            name, shape=(0, *self.row_shape), chunks=(chunk_rows, *self.row_shape), dtype=self.dtype,
+            fill_value="" if self.dtype.kind == "T" else 0,
+            dimension_names=list(dimension_names) if dimension_names else None,
+            **({} if compressed else {"compressors": None}),  # else Zarr's default, zstd
         )
         self.rows = 0  # rows appended, written or not
         self._written = 0
         self._pending: list[np.ndarray] = []
-        self._pending_bytes = 0
 
     def append(self, rows: np.ndarray, item: str = "") -> None:
         """Append ``rows`` (``item`` names them in an error)."""
-        rows = np.asarray(rows, dtype=self.dtype)
+        # A copy: a view would keep the whole array it came from (say a batch) alive until written.
+        rows = np.array(rows, dtype=self.dtype)
         if rows.shape[1:] != self.row_shape:
             raise ValueError(f"{item or self.name}: rows must be [n, {', '.join(map(str, self.row_shape))}], got {rows.shape}")
         self._pending.append(rows)
         self.rows += len(rows)
-        self._pending_bytes += rows.nbytes
-        if self._pending_bytes >= FLUSH_BYTES:
-            self.flush()
+        if self.rows - self._written >= self.chunk_rows:
+            self._write(whole_chunks_only=True)
 
-    def flush(self) -> None:
-        if self._pending:
-            self.array.resize((self.rows, *self.row_shape))
-            self.array[self._written : self.rows] = np.concatenate(self._pending)
-            self._written, self._pending, self._pending_bytes = self.rows, [], 0
+    def _write(self, whole_chunks_only: bool) -> None:
+        pending = self.rows - self._written
+        count = pending - pending % self.chunk_rows if whole_chunks_only else pending
+        if count == 0:
+            return
+        block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        end = self._written + count
+        self.array.resize((end, *self.row_shape))
+        self.array[self._written : end] = block[:count]
+        self._pending = [block[count:].copy()] if count < len(block) else []
+        self._written = end
+
+    def close(self) -> None:
+        """Write what is buffered."""
+        self._write(whole_chunks_only=False)
 
 
 class RaggedArrays:
@@ -79,12 +97,12 @@ class RaggedArrays:
         self.offsets = [0]
 
     def add(self, name: str, row_shape: Sequence[int], dtype: str, *, chunk_rows: int | None = None,
-            dimension_names: Sequence[str] | None = None) -> None:
+            dimension_names: Sequence[str] | None = None, compressed: bool = True) -> None:
         """Declare an array (``name`` may hold '/' for nested groups) before the first append."""
         if len(self.offsets) > 1:
             raise RuntimeError(f"{name}: arrays must be added before the first item")
-        chunk_rows = chunk_rows or chunk_rows_for(row_shape, dtype, least=1024)
-        self.arrays[name] = ArrayAppender(self.group, name, row_shape, dtype, chunk_rows, dimension_names)
+        chunk_rows = chunk_rows or chunk_rows_for(row_shape, dtype, target_bytes=FRAME_CHUNK_BYTES, least=256)
+        self.arrays[name] = ArrayAppender(self.group, name, row_shape, dtype, chunk_rows, dimension_names, compressed)
 
     def append(self, rows: dict[str, np.ndarray], item: str = "an item") -> None:
         """Append one item (``item`` names it in an error): the same number of rows for every
@@ -101,7 +119,7 @@ class RaggedArrays:
     def close(self, offsets_name: str = "offsets") -> None:
         """Write what is buffered and the offsets."""
         for appender in self.arrays.values():
-            appender.flush()
+            appender.close()
         offsets = np.asarray(self.offsets, dtype=np.int64)
         self.group.create_array(offsets_name, data=offsets, chunks=(len(offsets),),
                                 dimension_names=["item_edge"])

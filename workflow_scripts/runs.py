@@ -54,6 +54,22 @@ class Run:
         )
 
 
+def add_run_arguments(parser) -> None:
+    """The arguments of an entry point that works on one run (train, capture): the run's
+    wildcards, the inputs every such step reads, and the GPUs its job asked for."""
+    for name in ("dataset", "protocol", "model", "method", "targets"):
+        parser.add_argument(f"--{name}", required=True)
+    for name in ("rank", "seed", "fold"):
+        parser.add_argument(f"--{name}", required=True, type=int)
+    parser.add_argument("--checkpoint", required=True, help="results/models/{model}")
+    parser.add_argument("--features", required=True, help="results/features/{dataset}/logmel{n}.zarr")
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--folds", required=True)
+    parser.add_argument("--gpus", type=int, default=0,
+                        help="GPUs this job asked its scheduler for (resource gpu); under SLURM it stops "
+                        "at once if CUDA sees fewer")
+
+
 def targets_key(modules: list[str]) -> str:
     """``["q_proj", "v_proj"]`` -> ``"q_proj+v_proj"`` (sorted, so the order in the config does not matter)."""
     return "+".join(sorted(modules))

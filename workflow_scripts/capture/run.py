@@ -16,6 +16,8 @@ temporary folder and renamed into place only when complete.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import time
 from pathlib import Path
@@ -32,7 +34,7 @@ from workflow_scripts.capture.passes import (
     lora_parts,
     only_lora_requires_grad,
 )
-from workflow_scripts.capture.settings import balanced_subset, resolve_indices
+from workflow_scripts.capture.settings import balanced_subset, capture_settings, resolve_indices
 from workflow_scripts.capture.store import CaptureStoreWriter, StoreShape
 from workflow_scripts.cli import entry_parser, resolve_spec, run_main
 from workflow_scripts.cluster import check_gpu_allocation
@@ -41,7 +43,7 @@ from workflow_scripts.errors import InputError
 from workflow_scripts.features import FeatureStore, collate, max_frames_of
 from workflow_scripts.models.encoder import classification_model
 from workflow_scripts.provenance import provenance
-from workflow_scripts.runs import Run
+from workflow_scripts.runs import Run, add_run_arguments
 from workflow_scripts.train.batches import evaluation_batches
 from workflow_scripts.train.loop import pick_device
 from workflow_scripts.train.methods import load_trained
@@ -117,6 +119,23 @@ def store_shape(kind: str, model, classes: list[str], settings: dict) -> StoreSh
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the memory freed by the last batch back to the system. Batches change shape, and
+    glibc keeps freed blocks of every shape in its heap, so the resident size would creep up
+    with the number of batches although nothing is held (benchmarks/capture_throughput.py)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _batches(clips: pd.DataFrame, store: FeatureStore, settings: dict, device: torch.device):
     """Length-sorted batches: ``(rows of clips, features, mel mask)``, read from the cache per batch."""
     max_frames = max_frames_of(settings["max_seconds"])
@@ -168,6 +187,8 @@ def capture_store(kind: str, run: Run, settings: dict, checkpoint: Path, weights
             for utt_id, frame_rows in zip(part["utt_id"], rows):
                 if frame_rows is not None:
                     writer.append_frames(utt_id, frame_rows)
+            del utterance, rows
+            release_freed_memory()
     summary = {"store": str(out), "utterances": len(clips), "frame_items": len(writer.frame_items),
                "seconds": round(time.perf_counter() - started, 1)}
     log.info("%s: %s", run.id, summary)
@@ -177,23 +198,12 @@ def capture_store(kind: str, run: Run, settings: dict, checkpoint: Path, weights
 def main(argv: list[str] | None = None) -> None:
     parser = entry_parser("workflow_scripts.capture.run", __doc__)
     parser.add_argument("--store", required=True, choices=["acts", "grads"], help="which store to write")
-    for name in ("dataset", "protocol", "model", "method", "targets"):
-        parser.add_argument(f"--{name}", required=True)
-    for name in ("rank", "seed", "fold"):
-        parser.add_argument(f"--{name}", required=True, type=int)
-    parser.add_argument("--checkpoint", required=True, help="results/models/{model}")
+    add_run_arguments(parser)
     parser.add_argument("--weights", required=True, help="the run's weights/ folder")
-    parser.add_argument("--features", required=True, help="results/features/{dataset}/logmel{n}.zarr")
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--folds", required=True)
     parser.add_argument("--out", required=True, help="the store to write (acts.zarr or grads.zarr)")
-    parser.add_argument("--gpus", type=int, default=0,
-                        help="GPUs this job asked its scheduler for; under SLURM it stops at once if CUDA sees fewer")
     args = parser.parse_args(argv)
     check_gpu_allocation(args.gpus)
     run = Run.from_wildcards(vars(args))
-    from workflow_scripts.capture.settings import capture_settings
-
     settings = resolve_spec(args, lambda config: capture_settings(config, run.dataset, args.store))
     capture_store(args.store, run, settings, Path(args.checkpoint), Path(args.weights), Path(args.features),
                   Path(args.manifest), Path(args.folds), Path(args.out))

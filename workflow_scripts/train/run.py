@@ -37,7 +37,7 @@ from workflow_scripts.errors import InputError, describe_offenders
 from workflow_scripts.features import FeatureStore, batch_frames, max_frames_of
 from workflow_scripts.models.encoder import EmotionClassifier
 from workflow_scripts.provenance import provenance
-from workflow_scripts.runs import LORA_METHODS, TRAINED_METHODS, Run, run_settings
+from workflow_scripts.runs import LORA_METHODS, TRAINED_METHODS, Run, add_run_arguments, run_settings
 from workflow_scripts.train.loop import SplitData, TrainingState, evaluate, pick_device, train
 from workflow_scripts.train.methods import build_model, parameter_counts, save_weights
 
@@ -194,18 +194,8 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
 
 def main(argv: list[str] | None = None) -> None:
     parser = entry_parser("workflow_scripts.train.run", __doc__)
-    for name in ("dataset", "protocol", "model", "method", "targets"):
-        parser.add_argument(f"--{name}", required=True)
-    for name in ("rank", "seed", "fold"):
-        parser.add_argument(f"--{name}", required=True, type=int)
-    parser.add_argument("--checkpoint", required=True, help="results/models/{model}")
-    parser.add_argument("--features", required=True, help="results/features/{dataset}/logmel{n}.zarr")
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--folds", required=True)
+    add_run_arguments(parser)
     parser.add_argument("--out", required=True, help="the run's folder")
-    parser.add_argument("--gpus", type=int, default=0,
-                        help="GPUs this job asked its scheduler for (resource gpu); under SLURM it stops "
-                        "at once if CUDA sees fewer")
     args = parser.parse_args(argv)
     check_gpu_allocation(args.gpus)
     run = Run.from_wildcards(vars(args))
