@@ -1,9 +1,9 @@
 """What a job asks a scheduler for, and what it checks once it runs there.
 
-Rules that run a Whisper model (``train`` now; capture and erasure later) declare their needs as
-Snakemake resources, which the SLURM executor plugin turns into sbatch flags (``gpu`` ->
-``--gpus``, ``cpus_per_gpu`` -> ``--cpus-per-gpu``, ``mem_mb`` -> ``--mem``, ``runtime`` ->
-``-t``). Locally the same ``gpu`` resource lets ``--resources gpu=N`` keep several large runs
+Rules that run a Whisper model (``train``, ``capture_acts``, ``capture_grads``; erasure later)
+declare their needs as Snakemake resources, which the SLURM executor plugin turns into sbatch
+flags (``gpu`` -> ``--gpus``, ``cpus_per_gpu`` -> ``--cpus-per-gpu``, ``mem_mb`` -> ``--mem``,
+``runtime`` -> ``-t``). Locally the same ``gpu`` resource lets ``--resources gpu=N`` keep several large runs
 from sharing one GPU. The numbers scale with the model's size class (:func:`model_size`), so
 that Whisper-large-v2 asks for more than Whisper-base; a site overrides any of them in its
 profile (``set-resources``).

@@ -1,1 +1,2 @@
-"""Activation capture: hook context managers, and (issue 9) the activation-store writer and reader."""
+"""Activation capture: hook context managers, the per-batch passes, the activation stores
+(spec, writer, reader) and the entry point that writes a run's stores (docs/activation-store.md)."""
