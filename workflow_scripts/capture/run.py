@@ -80,8 +80,8 @@ def load_run_model(run: Run, checkpoint: Path, weights: Path, classes: list[str]
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise InputError(f"{run.id}: the weights in {weights} do not fit {checkpoint}: "
                          f"{error.__class__.__name__}: {str(error)[:500]}") from error
-    if hasattr(model, "peft_config"):
-        config = model.peft_config[model.active_adapter]
+    config = adapter_config(model)
+    if config is not None:
         saved = (config.r, sorted(config.target_modules))
         if saved != (run.rank, sorted(run.target_modules)):
             raise InputError(f"{run.id}: {weights} holds a rank-{saved[0]} adapter on {saved[1]}, "
@@ -89,8 +89,13 @@ def load_run_model(run: Run, checkpoint: Path, weights: Path, classes: list[str]
     return model.eval()
 
 
+def adapter_config(model):
+    """The active LoRA adapter's ``LoraConfig``, or None for a model without LoRA."""
+    return model.peft_config[model.active_adapter] if hasattr(model, "peft_config") else None
+
+
 def store_attributes(run: Run, model, settings: dict) -> dict:
-    peft = getattr(model, "peft_config", {}).get("default")
+    peft = adapter_config(model)
     return {
         "run": run.id, **{k: getattr(run, k) for k in ("dataset", "protocol", "model", "method", "seed", "fold")},
         "targets": run.target_modules, "rank": run.rank,
