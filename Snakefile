@@ -14,6 +14,7 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/train.smk"
 include: "rules/capture.smk"
+include: "rules/analyses.smk"
 
 
 rule all:

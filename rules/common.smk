@@ -94,6 +94,8 @@ def model_spec_json(wildcards):
 
 
 RUN_DIR = f"results/runs/{RUN_PATTERN}"
+# The per-run analyses (rules/analyses.smk; one rule each, named as the analysis).
+ANALYSES = ("contribution", "logit_lens")
 ACTS_DIR = f"results/acts/{RUN_PATTERN}"
 # A run's wildcards as the arguments a per-run entry point takes (in a rule's shell command).
 RUN_ARGS = (
@@ -179,5 +181,7 @@ def final_outputs(wildcards):
     models = [f"results/models/{model}" for model in MODELS]
     runs = [path for run in training_runs() for path in run_outputs(run)]
     stores = [f"results/acts/{run.id}/{kind}.zarr" for run in training_runs() for kind in ("acts", "grads")]
+    analyses = [f"results/analyses/{name}/{run.id}.{suffix}" for run in training_runs()
+                for name in ANALYSES for suffix in ("parquet", "png", "svg")]
     tables = ["results/tables/performance.csv", "results/tables/performance.md"]
-    return data + features + models + runs + stores + tables
+    return data + features + models + runs + stores + analyses + tables

@@ -18,6 +18,8 @@ ENTRY_POINTS = [
     "workflow_scripts.models.convert",
     "workflow_scripts.train.run",
     "workflow_scripts.capture.run",
+    "workflow_scripts.analyses.contribution",
+    "workflow_scripts.analyses.logit_lens",
     "workflow_scripts.report.performance",
     "workflow_scripts.provenance",
 ]

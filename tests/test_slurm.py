@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import FROZEN_RUN, RUN, TINY, with_changes
+from test_workflow import DOWNSTREAM, FROZEN_RUN, RUN, TINY, with_changes
 
 REPO = Path(__file__).resolve().parent.parent
 SLURM_SH = ["bash", str(REPO / "tools" / "slurm.sh")]
@@ -220,9 +220,13 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
     assert {job.rule for job in jobs if not job.local} >= {"demo_corpus", "manifest", "folds", "audio_cache",
                                                            "features", "train", "capture_acts", "capture_grads",
                                                            "performance"}
-    # Each run's two stores are captured in jobs of their own (they run the model, as train does).
+    # Each run's two stores are captured in jobs of their own (they run the model, as train does);
+    # the small analyses of the stores are grouped.
     for capture in ("capture_acts", "capture_grads"):
         assert sorted(job.wildcards["method"] for job in jobs if job.rule == capture and job.group is None) == [
+            "frozen", "lora", "lora_init"], full_run
+    for analysis in ("contribution", "logit_lens"):
+        assert sorted(job.wildcards["method"] for job in jobs if job.rule == analysis and job.group is not None) == [
             "frozen", "lora", "lora_init"], full_run
     # The model is built on the login node (a local rule), and `all` only collects; everything
     # else ran on the compute node.
@@ -245,10 +249,9 @@ def test_a_changed_training_setting_resubmits_only_the_affected_jobs(workdir, fu
     records = completed_as_logged(rerun)
     # The untrained reference (lora_init) does not read the learning rate; nothing upstream does.
     # The retrained runs' stores are captured again.
-    assert ran(rerun) == [("capture_acts", "frozen"), ("capture_acts", "lora"), ("capture_grads", "frozen"),
-                          ("capture_grads", "lora"), ("performance", None), ("train", "frozen"),
-                          ("train", "lora")], rerun
-    assert len(records) == 7 and not set(records) & set(full_run.submitted)
+    assert ran(rerun) == sorted([("performance", None), *((rule, method) for rule in ("train", *DOWNSTREAM)
+                                                          for method in ("frozen", "lora"))]), rerun
+    assert not set(records) & set(full_run.submitted)
 
 
 def test_a_failed_job_names_its_logs_and_the_rerun_resubmits_only_it_and_its_dependents(workdir, full_run):
@@ -276,8 +279,7 @@ def test_a_failed_job_names_its_logs_and_the_rerun_resubmits_only_it_and_its_dep
     blocker.unlink()
     rerun = slurm_snakemake(workdir, config=LR_CHANGED)
     completed_as_logged(rerun)
-    assert ran(rerun) == [("capture_acts", "frozen"), ("capture_grads", "frozen"), ("performance", None),
-                          ("train", "frozen")], rerun
+    assert ran(rerun) == sorted([("performance", None), *((rule, "frozen") for rule in ("train", *DOWNSTREAM))]), rerun
 
 
 # One training run, forced to run again with a GPU requested. A GPU job asks for cpus_per_gpu

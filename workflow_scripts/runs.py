@@ -54,13 +54,18 @@ class Run:
         )
 
 
-def add_run_arguments(parser) -> None:
-    """The arguments of an entry point that works on one run (train, capture): the run's
-    wildcards, the inputs every such step reads, and the GPUs its job asked for."""
+def add_run_wildcards(parser) -> None:
+    """A run's wildcards as arguments (``--dataset`` ... ``--fold``), for :meth:`Run.from_wildcards`."""
     for name in ("dataset", "protocol", "model", "method", "targets"):
         parser.add_argument(f"--{name}", required=True)
     for name in ("rank", "seed", "fold"):
         parser.add_argument(f"--{name}", required=True, type=int)
+
+
+def add_run_arguments(parser) -> None:
+    """The arguments of an entry point that runs one run's model (train, capture): the run's
+    wildcards, the inputs every such step reads, and the GPUs its job asked for."""
+    add_run_wildcards(parser)
     parser.add_argument("--checkpoint", required=True, help="results/models/{model}")
     parser.add_argument("--features", required=True, help="results/features/{dataset}/logmel{n}.zarr")
     parser.add_argument("--manifest", required=True)

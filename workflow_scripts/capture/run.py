@@ -141,10 +141,13 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-def _batches(clips: pd.DataFrame, store: FeatureStore, settings: dict, device: torch.device):
-    """Length-sorted batches: ``(rows of clips, features, mel mask)``, read from the cache per batch."""
+def feature_batches(clips: pd.DataFrame, store: FeatureStore, settings: dict, batch_size: int,
+                    device: torch.device):
+    """Length-sorted batches of ``clips`` (a :func:`fold_clips` table): ``(rows of clips, features,
+    mel mask)``, read from the log-mel cache batch by batch, cropped or padded as in training
+    (``settings``: ``max_seconds``, ``legacy``)."""
     max_frames = max_frames_of(settings["max_seconds"])
-    for batch in evaluation_batches(clips["length"].to_numpy(), settings["capture"]["batch_size"]):
+    for batch in evaluation_batches(clips["length"].to_numpy(), batch_size):
         part = clips.iloc[batch]
         features, mask = collate([store[store.index[u]] for u in part["utt_id"]], max_frames, settings["legacy"])
         yield part, features.to(device), mask.to(device)
@@ -180,7 +183,8 @@ def capture_store(kind: str, run: Run, settings: dict, checkpoint: Path, weights
                      grads_seed=settings["capture"]["grads_seed"])
     plan = CapturePlan(settings["legacy"], shape.resid_layers, shape.lora_b_blocks)
     with CaptureStoreWriter(out, shape, attrs) as writer:
-        for part, batch_features, mask in _batches(clips, store, settings, device):
+        for part, batch_features, mask in feature_batches(clips, store, settings, settings["capture"]["batch_size"],
+                                                          device):
             if kind == "acts":
                 keep = (part["split"] == "test").tolist()
                 utterance, rows = capture_forward(model, batch_features, mask, plan, keep)
