@@ -2,12 +2,6 @@
 # own settings (config key analyses.<name>), so that changing one reruns only its jobs.
 
 
-
-def analysis_output(name, suffix):
-    """Where analysis ``name`` writes its table (parquet) or figure (png, svg) for a run."""
-    return f"results/analyses/{name}/{RUN_PATTERN}.{suffix}"
-
-
 rule contribution:
     input:
         acts=f"{ACTS_DIR}/acts.zarr",
@@ -45,3 +39,26 @@ rule logit_lens:
         f"python -m workflow_scripts.analyses.logit_lens {RUN_ARGS}"
         " --acts {input.acts} --checkpoint {input.checkpoint} --weights {input.weights}"
         " --spec {params.spec:q} --out {output.table} 2> {log}"
+
+
+# LoRA − frozen, for each trained LoRA run whose frozen counterpart (same dataset, protocol,
+# model, seed and fold) is in the grid: the difference the paper plots.
+rule contribution_difference:
+    input:
+        lora=analysis_output("contribution", "parquet"),
+        frozen=frozen_counterpart("contribution", "parquet"),
+    output:
+        table=analysis_output("contribution_difference", "parquet"),
+        png=analysis_output("contribution_difference", "png"),
+        svg=analysis_output("contribution_difference", "svg"),
+    wildcard_constraints:
+        method="lora",
+    params:
+        spec=as_json(config["analyses"]["contribution"]),
+    log:
+        f"results/logs/contribution_difference/{RUN_PATTERN}.log",
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        f"python -m workflow_scripts.analyses.contribution {RUN_ARGS}"
+        " --difference {input.lora} {input.frozen} --spec {params.spec:q} --out {output.table} 2> {log}"

@@ -5,7 +5,7 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
@@ -20,6 +20,7 @@ from workflow_scripts.data.audio_cache import audio_cache_settings
 from workflow_scripts.data.folds import PROTOCOLS, fold_settings
 from workflow_scripts.runs import (
     METHODS,
+    NO_TARGETS,
     RUN_PATTERN,
     check_training_config,
     expand_grid,
@@ -160,6 +161,23 @@ capture_inputs = {
 }
 
 
+def analysis_output(name, suffix):
+    """Where analysis ``name`` writes its table (parquet) or figure (png, svg) for a run."""
+    return f"results/analyses/{name}/{RUN_PATTERN}.{suffix}"
+
+
+def frozen_counterpart(name, suffix):
+    """``analysis_output`` of the frozen run that shares a LoRA run's dataset, protocol, model,
+    seed and fold."""
+    frozen = RUN_PATTERN.replace("{method}/{targets}/r{rank}", f"frozen/{NO_TARGETS}/r0")
+    return f"results/analyses/{name}/{frozen}.{suffix}"
+
+
+def frozen_run(run):
+    """The frozen run that shares ``run``'s dataset, protocol, model, seed and fold."""
+    return replace(run, method="frozen", targets=NO_TARGETS, rank=0)
+
+
 def run_outputs(run):
     """Every output of the run's `train` job (weights/, metrics.json, ...)."""
     return [str(path).format(**asdict(run)) for path in rules.train.output]
@@ -181,7 +199,12 @@ def final_outputs(wildcards):
     models = [f"results/models/{model}" for model in MODELS]
     runs = [path for run in training_runs() for path in run_outputs(run)]
     stores = [f"results/acts/{run.id}/{kind}.zarr" for run in training_runs() for kind in ("acts", "grads")]
-    analyses = [f"results/analyses/{name}/{run.id}.{suffix}" for run in training_runs()
-                for name in ANALYSES for suffix in ("parquet", "png", "svg")]
+    runs_by_id = {run.id: run for run in training_runs()}
+    analyses = [(name, run) for run in runs_by_id.values() for name in ANALYSES]
+    # LoRA − frozen contribution, for each trained LoRA run whose frozen counterpart is in the grid.
+    analyses += [("contribution_difference", run) for run in runs_by_id.values()
+                 if run.method == "lora" and frozen_run(run).id in runs_by_id]
+    analyses = [analysis_output(name, suffix).format(**asdict(run)) for name, run in analyses
+                for suffix in ("parquet", "png", "svg")]
     tables = ["results/tables/performance.csv", "results/tables/performance.md"]
     return data + features + models + runs + stores + analyses + tables

@@ -249,8 +249,8 @@ def test_a_changed_training_setting_resubmits_only_the_affected_jobs(workdir, fu
     records = completed_as_logged(rerun)
     # The untrained reference (lora_init) does not read the learning rate; nothing upstream does.
     # The retrained runs' stores are captured again.
-    assert ran(rerun) == sorted([("performance", None), *((rule, method) for rule in ("train", *DOWNSTREAM)
-                                                          for method in ("frozen", "lora"))]), rerun
+    assert ran(rerun) == sorted([("performance", None), ("contribution_difference", "lora"),
+                                 *((rule, method) for rule in ("train", *DOWNSTREAM) for method in ("frozen", "lora"))]), rerun
     assert not set(records) & set(full_run.submitted)
 
 
@@ -279,7 +279,8 @@ def test_a_failed_job_names_its_logs_and_the_rerun_resubmits_only_it_and_its_dep
     blocker.unlink()
     rerun = slurm_snakemake(workdir, config=LR_CHANGED)
     completed_as_logged(rerun)
-    assert ran(rerun) == sorted([("performance", None), *((rule, "frozen") for rule in ("train", *DOWNSTREAM))]), rerun
+    assert ran(rerun) == sorted([("performance", None), ("contribution_difference", "lora"),
+                                 *((rule, "frozen") for rule in ("train", *DOWNSTREAM))]), rerun
 
 
 # One training run, forced to run again with a GPU requested. A GPU job asks for cpus_per_gpu

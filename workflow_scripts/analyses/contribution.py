@@ -11,7 +11,9 @@ window (1,500 frames, padding included), which reproduces the original's numbers
 same code.
 
 Table: one row per block x statistic (``value``, ``clips``, ``frames``); figure: the ratios and
-the cosines per block, as the paper's F1.
+the cosines per block, as the paper's F1. With ``--difference LORA FROZEN`` the entry point
+writes instead the LoRA − frozen difference of two such tables (runs that share dataset,
+protocol, model, seed and fold), the quantity the paper plots.
 """
 
 from __future__ import annotations
@@ -54,8 +56,21 @@ def store_contribution(store, split: str) -> pd.DataFrame:
     return contribution_table(sums[chosen], n_frames[chosen], statistics)
 
 
-def contribution_figure(table: pd.DataFrame, title: str):
-    """Two panels, as the paper's F1: relative norms and cosines with the residual, per block."""
+def contribution_difference(lora: pd.DataFrame, frozen: pd.DataFrame) -> pd.DataFrame:
+    """Tidy: block, statistic, value = LoRA − frozen, and both values."""
+    keys = ["block", "statistic"]
+    merged = lora[keys + ["value"]].merge(frozen[keys + ["value"]], on=keys, suffixes=("_lora", "_frozen"),
+                                          validate="1:1")
+    if len(merged) != len(lora) or len(merged) != len(frozen):
+        raise InputError("the LoRA and frozen contribution tables cover different blocks or statistics "
+                         "(runs of different models?)")
+    merged.insert(2, "value", merged["value_lora"] - merged["value_frozen"])
+    return merged
+
+
+def contribution_figure(table: pd.DataFrame, title: str, difference: bool = False):
+    """Two panels, as the paper's F1: relative norms and cosines with the residual, per block
+    (``difference``: of the LoRA − frozen table)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +83,7 @@ def contribution_figure(table: pd.DataFrame, title: str):
         part["output"] = part["statistic"].str.replace(f"_{kind}", "", regex=False)
         sns.barplot(part, x="block", y="value", hue="output", ax=axis)
         axis.set_xlabel("encoder block")
-        axis.set_ylabel(label)
+        axis.set_ylabel(f"LoRA − frozen: {label}" if difference else label)
     axes[1].axhline(0, color="black", linewidth=0.8)
     figure.suptitle(title, fontsize=9)
     return figure
@@ -84,11 +99,22 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = entry_parser("workflow_scripts.analyses.contribution", __doc__)
     add_run_wildcards(parser)
-    parser.add_argument("--acts", required=True, help="the run's acts.zarr")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--acts", help="the run's acts.zarr")
+    source.add_argument("--difference", nargs=2, metavar=("LORA", "FROZEN"),
+                        help="two contribution tables (.parquet): write LORA − FROZEN for the (LoRA) run")
     parser.add_argument("--out", required=True, help="the table (.parquet); the figure goes beside it (.png, .svg)")
     args = parser.parse_args(argv)
     run = Run.from_wildcards(vars(args))
     settings = resolve_spec(args, lambda config: config["analyses"]["contribution"])
+    if args.difference:
+        lora, frozen = (pd.read_parquet(path) for path in args.difference)
+        table = with_run_columns(contribution_difference(lora, frozen), run)
+        write_analysis(table, args.out, provenance("contribution_difference", settings, run=run.id,
+                                                   tables=args.difference))
+        save_figure(contribution_figure(table, f"layer contribution, LoRA − frozen, {settings['split']} clips\n"
+                                               f"{run.id}", difference=True), Path(args.out).with_suffix(".png"))
+        return
     store = CaptureStore(args.acts, kind="acts")
     if store.attrs["run"] != run.id:
         raise InputError(f"{args.acts} holds run {store.attrs['run']}, not {run.id}")
