@@ -13,6 +13,7 @@ sys.path.insert(0, workflow.basedir)
 
 import pandas as pd
 
+from workflow_scripts.analyses.settings import erasure_settings
 from workflow_scripts.capture.settings import capture_settings
 from workflow_scripts.cluster import model_job_resources
 from workflow_scripts.config import validate_config
@@ -22,6 +23,7 @@ from workflow_scripts.runs import (
     METHODS,
     NO_TARGETS,
     RUN_PATTERN,
+    TRAINED_METHODS,
     check_training_config,
     expand_grid,
     run_settings,
@@ -96,7 +98,7 @@ def model_spec_json(wildcards):
 
 RUN_DIR = f"results/runs/{RUN_PATTERN}"
 # The per-run analyses (rules/analyses.smk; one rule each, named as the analysis).
-ANALYSES = ("contribution", "logit_lens")
+ANALYSES = ("contribution", "logit_lens", "probes")
 ACTS_DIR = f"results/acts/{RUN_PATTERN}"
 # A run's wildcards as the arguments a per-run entry point takes (in a rule's shell command).
 RUN_ARGS = (
@@ -131,6 +133,18 @@ def capture_spec_json(kind):
         return as_json(capture_settings(config, wildcards.dataset, kind))
 
     return spec
+
+
+def erasure_spec_json(wildcards):
+    """The settings a run's erasure job reads."""
+    return as_json(erasure_settings(config, wildcards.dataset))
+
+
+def erasure_runs():
+    """The runs erasure is computed for: the trained ones, and the untrained references if
+    analyses.erasure.references is set."""
+    return [run for run in training_runs()
+            if run.method in TRAINED_METHODS or config["analyses"]["erasure"]["references"]]
 
 
 def model_job_resource(name):
@@ -204,6 +218,7 @@ def final_outputs(wildcards):
     # LoRA − frozen contribution, for each trained LoRA run whose frozen counterpart is in the grid.
     analyses += [("contribution_difference", run) for run in runs_by_id.values()
                  if run.method == "lora" and frozen_run(run).id in runs_by_id]
+    analyses += [("erasure", run) for run in erasure_runs()]
     analyses = [analysis_output(name, suffix).format(**asdict(run)) for name, run in analyses
                 for suffix in ("parquet", "png", "svg")]
     tables = ["results/tables/performance.csv", "results/tables/performance.md"]

@@ -20,6 +20,8 @@ ENTRY_POINTS = [
     "workflow_scripts.capture.run",
     "workflow_scripts.analyses.contribution",
     "workflow_scripts.analyses.logit_lens",
+    "workflow_scripts.analyses.probes",
+    "workflow_scripts.analyses.erasure",
     "workflow_scripts.report.performance",
     "workflow_scripts.provenance",
 ]

@@ -35,7 +35,7 @@ SITE_RESOURCES = {"slurm_partition": "debug", "slurm_account": "root"}
 FIRST_POLL_SECONDS = 2
 # Upper bound of one Snakemake run here; on a hang `timeout` sends SIGINT, on which Snakemake
 # cancels its SLURM jobs and exits (SIGTERM would wait for them), and SIGKILL 60 s later.
-RUN_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 900
 
 
 def cluster_action(action: str, fake_gpus: int = 0, check: bool = True) -> subprocess.CompletedProcess:
@@ -225,7 +225,7 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
     for capture in ("capture_acts", "capture_grads"):
         assert sorted(job.wildcards["method"] for job in jobs if job.rule == capture and job.group is None) == [
             "frozen", "lora", "lora_init"], full_run
-    for analysis in ("contribution", "logit_lens"):
+    for analysis in ("contribution", "logit_lens", "probes"):
         assert sorted(job.wildcards["method"] for job in jobs if job.rule == analysis and job.group is not None) == [
             "frozen", "lora", "lora_init"], full_run
     # The model is built on the login node (a local rule), and `all` only collects; everything
@@ -250,7 +250,8 @@ def test_a_changed_training_setting_resubmits_only_the_affected_jobs(workdir, fu
     # The untrained reference (lora_init) does not read the learning rate; nothing upstream does.
     # The retrained runs' stores are captured again.
     assert ran(rerun) == sorted([("performance", None), ("contribution_difference", "lora"),
-                                 *((rule, method) for rule in ("train", *DOWNSTREAM) for method in ("frozen", "lora"))]), rerun
+                                 *((rule, method) for rule in ("train", *DOWNSTREAM, "erasure")
+                                   for method in ("frozen", "lora"))]), rerun
     assert not set(records) & set(full_run.submitted)
 
 
@@ -280,7 +281,7 @@ def test_a_failed_job_names_its_logs_and_the_rerun_resubmits_only_it_and_its_dep
     rerun = slurm_snakemake(workdir, config=LR_CHANGED)
     completed_as_logged(rerun)
     assert ran(rerun) == sorted([("performance", None), ("contribution_difference", "lora"),
-                                 *((rule, "frozen") for rule in ("train", *DOWNSTREAM))]), rerun
+                                 *((rule, "frozen") for rule in ("train", *DOWNSTREAM, "erasure"))]), rerun
 
 
 # One training run, forced to run again with a GPU requested. A GPU job asks for cpus_per_gpu

@@ -99,8 +99,8 @@ FROZEN_RUN = Path("results/runs/demo/holdout/tiny/frozen/none/r0/seed0/fold1")
 
 def test_full_data_stage(workdir, tiny_run):
     assert jobs_run(tiny_run) >= {"demo_corpus", "manifest", "folds", "audio_cache", "features", "model", "train",
-                                  "capture_acts", "capture_grads", "contribution", "logit_lens",
-                                  "contribution_difference", "performance"}
+                                  "capture_acts", "capture_grads", "contribution", "logit_lens", "probes",
+                                  "contribution_difference", "erasure", "performance"}
     data = workdir / "results" / "data" / "demo"
     manifest = pd.read_parquet(data / "manifest.parquet")
     assert len(manifest) == 32 and manifest["speaker"].nunique() == 4
@@ -139,7 +139,7 @@ def test_full_data_stage(workdir, tiny_run):
         position = {u: i for i, u in enumerate(acts.utt_ids)}
         np.testing.assert_allclose(acts.logits()[[position[u] for u in predictions.index]],
                                    np.stack(predictions["logits"]), atol=1e-4)
-    for analysis in ("contribution", "logit_lens"):
+    for analysis in ("contribution", "logit_lens", "probes", "erasure"):
         for run in (RUN, FROZEN_RUN):
             base = workdir / "results" / "analyses" / analysis / run.relative_to("results/runs")
             table = pd.read_parquet(f"{base}.parquet")
@@ -160,7 +160,7 @@ def test_full_data_stage(workdir, tiny_run):
 
 
 # What a run's training is followed by: its two captures and the analyses of its stores.
-DOWNSTREAM = ("capture_acts", "capture_grads", "contribution", "logit_lens")
+DOWNSTREAM = ("capture_acts", "capture_grads", "contribution", "logit_lens", "probes")
 
 
 def trained_methods(jobs) -> set[str]:
@@ -185,27 +185,34 @@ def test_a_new_protocol_makes_only_its_fold_table(workdir, tiny_run):
 ], ids=["lr", "lora_dropout", "max_seconds"])
 def test_a_changed_setting_reruns_only_what_uses_it(workdir, tiny_run, change, trains, untouched):
     jobs = jobs_listed(snakemake(workdir, "-n", config=with_changes(TINY, **change)))
-    assert {rule for rule, _ in jobs} == {"train", *DOWNSTREAM, "contribution_difference", "performance", "all"}
+    assert {rule for rule, _ in jobs} == {"train", *DOWNSTREAM, "contribution_difference", "erasure",
+                                          "performance", "all"}
     assert trained_methods(jobs) == trains
     assert not trained_methods(jobs) & untouched
     for rule in DOWNSTREAM:  # a retrained run's stores are captured again, and analysed again
         assert {w["method"] for name, w in jobs if name == rule} == trains
+    # Erasure is computed for the trained runs only (analyses.erasure.references: false).
+    assert {w["method"] for name, w in jobs if name == "erasure"} == trains & {"lora", "frozen"}
 
 
 @pytest.mark.parametrize("change, rules", [
     ({"capture": {"grads_per_class": 5}}, {"capture_grads"}),
-    ({"capture": {"frame_dtype": "float16"}}, {"capture_acts", "contribution", "logit_lens",
+    ({"capture": {"frame_dtype": "float16"}}, {"capture_acts", "contribution", "logit_lens", "probes",
                                                "contribution_difference"}),
-    ({"capture": {"batch_size": 4}}, {"capture_acts", "capture_grads", "contribution", "logit_lens",
+    ({"capture": {"batch_size": 4}}, {"capture_acts", "capture_grads", "contribution", "logit_lens", "probes",
                                       "contribution_difference"}),
+    ({"analyses": {"probes": {"c_grid": [0.1, 1.0]}}}, {"probes"}),
+    ({"analyses": {"erasure": {"batch_size": 4}}}, {"erasure"}),
     ({"analyses": {"logit_lens": {"split": "val"}}}, {"logit_lens"}),
     ({"analyses": {"contribution": {"split": "val"}}}, {"contribution", "contribution_difference"}),
-], ids=["grads_per_class", "frame_dtype", "batch_size", "logit_lens_split", "contribution_split"])
+], ids=["grads_per_class", "frame_dtype", "batch_size", "probes_c_grid", "erasure_batch_size",
+    "logit_lens_split", "contribution_split"])
 def test_a_changed_capture_or_analysis_setting_reruns_only_those_jobs(workdir, tiny_run, change, rules):
     jobs = jobs_listed(snakemake(workdir, "-n", config=with_changes(TINY, **change)))
     assert {rule for rule, _ in jobs} == rules | {"all"}
     for rule in rules:  # every run's jobs of that rule (the difference: the LoRA run's), nothing else
-        expected = ["lora"] if rule == "contribution_difference" else ["frozen", "lora", "lora_init"]
+        expected = {"contribution_difference": ["lora"], "erasure": ["frozen", "lora"]}.get(
+            rule, ["frozen", "lora", "lora_init"])
         assert sorted(w["method"] for name, w in jobs if name == rule) == expected
 
 
@@ -219,10 +226,10 @@ def test_a_lost_run_is_rebuilt_with_the_table(workdir, tiny_run):
     rerun = snakemake(workdir, config=TINY)
     jobs = jobs_listed(rerun)
     assert sorted(rule for rule, _ in jobs if rule != "all") == sorted(["train", *DOWNSTREAM, "performance",
-                                                                        "contribution_difference"])
+                                                                        "contribution_difference", "erasure"])
     # The frozen run's jobs, and the LoRA − frozen difference, whose frozen side changed.
     assert {(rule, w["method"]) for rule, w in jobs if rule not in ("all", "performance")} == {
-        *((rule, "frozen") for rule in ("train", *DOWNSTREAM)), ("contribution_difference", "lora")}
+        *((rule, "frozen") for rule in ("train", *DOWNSTREAM, "erasure")), ("contribution_difference", "lora")}
     assert sorted(p.name for p in (workdir / FROZEN_RUN).iterdir()) == ["history.csv", "metrics.json",
                                                                         "predictions.parquet", "weights"]
     assert (tables / "performance.csv").stat().st_mtime_ns > table_before
@@ -236,7 +243,8 @@ def test_more_seeds_train_only_the_new_runs(workdir, tiny_run):
     more_seeds = with_changes(TINY, training={"seeds": [0, 1]})
     rerun = snakemake(workdir, config=more_seeds)
     jobs = jobs_listed(rerun)
-    assert {rule for rule, _ in jobs} == {"train", *DOWNSTREAM, "contribution_difference", "performance", "all"}
+    assert {rule for rule, _ in jobs} == {"train", *DOWNSTREAM, "contribution_difference", "erasure", "performance",
+                                          "all"}
     assert sorted(w["method"] for rule, w in jobs if rule == "train") == ["frozen", "lora", "lora_init"]
     assert {w["seed"] for rule, w in jobs if rule != "all" and rule != "performance"} == {"1"}
     assert (workdir / RUN / "metrics.json").stat().st_mtime_ns == before

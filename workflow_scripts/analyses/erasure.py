@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 
 from workflow_scripts.analyses.logit_lens import log_softmax
+from workflow_scripts.analyses.settings import erasure_settings
 from workflow_scripts.capture.hooks import Trace
 from workflow_scripts.cli import entry_parser, resolve_spec, run_main
 from workflow_scripts.errors import InputError
@@ -167,16 +168,6 @@ def erasure_figure(table: pd.DataFrame, title: str):
         axis.axhline(0, color="black", linewidth=0.8)
     figure.suptitle(title, fontsize=9)
     return figure
-
-
-def erasure_settings(config: dict, dataset: str) -> dict:
-    """What an erasure job of a run on ``dataset`` reads from the validated config."""
-    from workflow_scripts.config import dataset_spec
-
-    return {"batch_size": config["analyses"]["erasure"]["batch_size"],
-            "device": config["training"]["device"],  # as the capture: the run's device setting
-            "legacy": config["legacy"], "max_seconds": config["audio"]["max_seconds"],
-            "classes": dataset_spec(config, dataset)["classes"]}
 
 
 def run_erasure(run, settings: dict, checkpoint, weights, features, manifest, folds) -> pd.DataFrame:
