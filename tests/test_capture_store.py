@@ -124,6 +124,9 @@ def test_the_reader_refuses_the_wrong_kind_and_non_stores(stores, tmp_path):
         CaptureStore(stores["acts"], kind="grads")
     with pytest.raises(InputError, match=r"not an activation store \(no zarr.json\): run the capture rules"):
         CaptureStore(tmp_path / "nothing.zarr")
+    with pytest.raises(InputError, match=r"acts.zarr holds run toy/loso_speaker/tiny/lora/q_proj\+v_proj/r4/seed0/fold1, "
+                                          r"not toy/loso_speaker/tiny/frozen/none/r0/seed0/fold1"):
+        CaptureStore(stores["acts"], kind="acts", run=toy_run("frozen", "none", 0).id)
     with pytest.raises(KeyError, match=r"has no frames/resid/9"):
         CaptureStore(stores["acts"]).frame_array(("resid", 9))
 

@@ -115,9 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         save_figure(contribution_figure(table, f"layer contribution, LoRA − frozen, {settings['split']} clips\n"
                                                f"{run.id}", difference=True), Path(args.out).with_suffix(".png"))
         return
-    store = CaptureStore(args.acts, kind="acts")
-    if store.attrs["run"] != run.id:
-        raise InputError(f"{args.acts} holds run {store.attrs['run']}, not {run.id}")
+    store = CaptureStore(args.acts, kind="acts", run=run.id)
     table = with_run_columns(store_contribution(store, settings["split"]), run)
     write_analysis(table, args.out, provenance("contribution", settings, run=run.id, acts=args.acts))
     save_figure(contribution_figure(table, f"layer contribution, {settings['split']} clips\n{run.id}"),

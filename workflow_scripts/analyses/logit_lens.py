@@ -144,9 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     run = Run.from_wildcards(vars(args))
     settings = resolve_spec(args, lambda config: config["analyses"]["logit_lens"])
-    store = CaptureStore(args.acts, kind="acts")
-    if store.attrs["run"] != run.id:
-        raise InputError(f"{args.acts} holds run {store.attrs['run']}, not {run.id}")
+    store = CaptureStore(args.acts, kind="acts", run=run.id)
     model = load_run_model(run, Path(args.checkpoint), Path(args.weights), store.classes)
     table = with_run_columns(store_lens(store, *head_weights(model), settings["split"]), run)
     write_analysis(table, args.out, provenance("logit_lens", settings, run=run.id, acts=args.acts))

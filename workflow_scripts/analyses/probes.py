@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     run = Run.from_wildcards(vars(args))
     settings = resolve_spec(args, lambda config: config["analyses"]["probes"])
-    store = CaptureStore(args.acts, kind="acts")
-    if store.attrs["run"] != run.id:
-        raise InputError(f"{args.acts} holds run {store.attrs['run']}, not {run.id}")
+    store = CaptureStore(args.acts, kind="acts", run=run.id)
     table = with_run_columns(store_probes(store, settings), run)
     write_analysis(table, args.out, provenance("probes", settings, run=run.id, acts=args.acts))
     save_figure(probe_figure(table, len(store.classes), f"linear probes, test clips\n{run.id}"),

@@ -248,9 +248,10 @@ class CaptureStoreWriter:
 
 
 class CaptureStore:
-    """Read a store written by :class:`CaptureStoreWriter` (``kind`` checks which one it is)."""
+    """Read a store written by :class:`CaptureStoreWriter` (``kind`` checks which one it is, and
+    ``run`` that it is that run's: a store of another run, model or dataset is refused)."""
 
-    def __init__(self, path: str | Path, kind: str | None = None):
+    def __init__(self, path: str | Path, kind: str | None = None, run: str | None = None):
         import zarr
 
         self.path = Path(path)
@@ -263,6 +264,8 @@ class CaptureStore:
                              f"{SPEC_VERSION}; rerun the capture rules")
         if kind is not None and self.attrs["kind"] != kind:
             raise InputError(f"{self.path} is a {self.attrs['kind']} store, not {kind}")
+        if run is not None and self.attrs["run"] != run:
+            raise InputError(f"{self.path} holds run {self.attrs['run']}, not {run}")
         self.kind = self.attrs["kind"]
         self.n_layers = int(self.attrs["n_layers"])
         self.utt_ids = self.group["utterance"][:].tolist()
