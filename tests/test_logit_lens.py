@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from toy_runs import CLASSES, build_toy_dataset, toy_config, toy_run, train_run
+from toy_runs import CLASSES, captured_lora_run, toy_run
 
 from workflow_scripts.analyses.logit_lens import (
     apply_head,
@@ -74,17 +74,12 @@ def test_apply_head_is_the_two_linear_layers():
 
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory):
-    from workflow_scripts.capture.run import capture_store, load_run_model
-    from workflow_scripts.capture.settings import capture_settings
+    from workflow_scripts.capture.run import load_run_model
     from workflow_scripts.capture.store import CaptureStore
 
-    root = build_toy_dataset(tmp_path_factory.mktemp("lens"))
-    train_run(root, root / "lora")
-    capture_store("acts", toy_run(), capture_settings(toy_config(), "toy", "acts"), root / "tiny",
-                  root / "lora" / "weights", root / "logmel80.zarr", root / "manifest.parquet",
-                  root / "folds.parquet", root / "acts.zarr")
-    model = load_run_model(toy_run(), root / "tiny", root / "lora" / "weights", CLASSES)
-    return CaptureStore(root / "acts.zarr"), head_weights(model)
+    acts = captured_lora_run(tmp_path_factory.mktemp("lens"))
+    model = load_run_model(toy_run(), acts.parent / "tiny", acts.parent / "lora" / "weights", CLASSES)
+    return CaptureStore(acts), head_weights(model)
 
 
 def test_the_normed_lens_reproduces_the_model_at_the_last_layer_and_the_raw_lens_does_not(captured):

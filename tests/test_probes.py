@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from toy_runs import CLASSES, build_toy_dataset, toy_config, toy_run, train_run
+from toy_runs import CLASSES, captured_lora_run, toy_run
 
 from workflow_scripts.analyses.probes import (
     fit_and_score_probe,
@@ -113,15 +113,7 @@ def test_a_bad_c_grid_names_its_key(grid):
 
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory):
-    from workflow_scripts.capture.run import capture_store
-    from workflow_scripts.capture.settings import capture_settings
-
-    root = build_toy_dataset(tmp_path_factory.mktemp("probes"))
-    train_run(root, root / "lora")
-    capture_store("acts", toy_run(), capture_settings(toy_config(), "toy", "acts"), root / "tiny",
-                  root / "lora" / "weights", root / "logmel80.zarr", root / "manifest.parquet",
-                  root / "folds.parquet", root / "acts.zarr")
-    return root / "acts.zarr"
+    return captured_lora_run(tmp_path_factory.mktemp("probes"))
 
 
 def run_arguments(run) -> list[str]:

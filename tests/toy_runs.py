@@ -68,3 +68,17 @@ def train_run(dataset, out, method="lora", targets="q_proj+v_proj", rank=4, seed
     run = toy_run(method, targets, rank, seed, fold)
     return run_training(run, settings(method, audio, **training), dataset / "tiny", dataset / "logmel80.zarr",
                         dataset / "manifest.parquet", dataset / "folds.parquet", out)
+
+
+def captured_lora_run(root: Path) -> Path:
+    """The toy dataset in ``root``, its LoRA run trained into root/lora, and that run's
+    acts store, root/acts.zarr (returned)."""
+    from workflow_scripts.capture.run import capture_store
+    from workflow_scripts.capture.settings import capture_settings
+
+    build_toy_dataset(root)
+    train_run(root, root / "lora")
+    capture_store("acts", toy_run(), capture_settings(toy_config(), "toy", "acts"), root / "tiny",
+                  root / "lora" / "weights", root / "logmel80.zarr", root / "manifest.parquet",
+                  root / "folds.parquet", root / "acts.zarr")
+    return root / "acts.zarr"

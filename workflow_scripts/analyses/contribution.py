@@ -23,7 +23,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.cli import entry_parser, resolve_spec, run_main
+from workflow_scripts.cli import resolve_spec, run_main
 from workflow_scripts.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -90,38 +90,33 @@ def contribution_figure(table: pd.DataFrame, title: str, difference: bool = Fals
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pathlib import Path
+    from functools import partial
 
-    from workflow_scripts.analyses.output import save_figure, with_run_columns, write_analysis
+    from workflow_scripts.analyses.output import analysis_parser, publish
     from workflow_scripts.capture.store import CaptureStore
     from workflow_scripts.provenance import provenance
-    from workflow_scripts.runs import Run, add_run_wildcards
+    from workflow_scripts.runs import Run
 
-    parser = entry_parser("workflow_scripts.analyses.contribution", __doc__)
-    add_run_wildcards(parser)
+    parser = analysis_parser("workflow_scripts.analyses.contribution", __doc__, acts=False)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--acts", help="the run's acts.zarr")
     source.add_argument("--difference", nargs=2, metavar=("LORA", "FROZEN"),
                         help="two contribution tables (.parquet): write LORA − FROZEN for the (LoRA) run")
-    parser.add_argument("--out", required=True, help="the table (.parquet); the figure goes beside it (.png, .svg)")
     args = parser.parse_args(argv)
     run = Run.from_wildcards(vars(args))
     settings = resolve_spec(args, lambda config: config["analyses"]["contribution"])
     if args.difference:
         lora, frozen = (pd.read_parquet(path) for path in args.difference)
-        table = with_run_columns(contribution_difference(lora, frozen), run)
-        write_analysis(table, args.out, provenance("contribution_difference", settings, run=run.id,
-                                                   tables=args.difference))
-        save_figure(contribution_figure(table, f"layer contribution, LoRA − frozen, {settings['split']} clips\n"
-                                               f"{run.id}", difference=True), Path(args.out).with_suffix(".png"))
-        return
-    store = CaptureStore(args.acts, kind="acts", run=run.id)
-    table = with_run_columns(store_contribution(store, settings["split"]), run)
-    write_analysis(table, args.out, provenance("contribution", settings, run=run.id, acts=args.acts))
-    save_figure(contribution_figure(table, f"layer contribution, {settings['split']} clips\n{run.id}"),
-                Path(args.out).with_suffix(".png"))
+        record = provenance("contribution_difference", settings, run=run.id, tables=args.difference)
+        publish(contribution_difference(lora, frozen), run, args.out, record,
+                partial(contribution_figure, difference=True),
+                f"layer contribution, LoRA − frozen, {settings['split']} clips")
+    else:
+        store = CaptureStore(args.acts, kind="acts", run=run.id)
+        record = provenance("contribution", settings, run=run.id, acts=args.acts)
+        publish(store_contribution(store, settings["split"]), run, args.out, record, contribution_figure,
+                f"layer contribution, {settings['split']} clips")
     log.info("wrote %s", args.out)
-
 
 if __name__ == "__main__":
     run_main(main)

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     import time
     from pathlib import Path
 
-    from workflow_scripts.analyses.output import save_figure, with_run_columns, write_analysis
+    from workflow_scripts.analyses.output import OUT_HELP, publish
     from workflow_scripts.cluster import check_gpu_allocation
     from workflow_scripts.provenance import provenance
     from workflow_scripts.runs import Run, add_run_arguments
@@ -210,8 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = entry_parser("workflow_scripts.analyses.erasure", __doc__)
     add_run_arguments(parser)
     parser.add_argument("--weights", required=True, help="the run's weights/ folder")
-    parser.add_argument("--out", required=True,
-                        help="the table (.parquet); the figure goes beside it (.png, .svg)")
+    parser.add_argument("--out", required=True, help=OUT_HELP)
     args = parser.parse_args(argv)
     check_gpu_allocation(args.gpus)
     run = Run.from_wildcards(vars(args))
@@ -219,10 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     table = run_erasure(run, settings, Path(args.checkpoint), Path(args.weights), Path(args.features),
                         Path(args.manifest), Path(args.folds))
-    table = with_run_columns(table, run)
-    write_analysis(table, args.out, provenance("erasure", settings, run=run.id, weights=args.weights))
-    figure = erasure_figure(table, f"layer erasure, test clips\n{run.id}")
-    save_figure(figure, Path(args.out).with_suffix(".png"))
+    publish(table, run, args.out, provenance("erasure", settings, run=run.id, weights=args.weights), erasure_figure,
+            "layer erasure, test clips")
     conditions = len(table[["condition", "layer"]].drop_duplicates())
     log.info("wrote %s (%d conditions, %.1f s)", args.out, conditions, time.perf_counter() - started)
 

@@ -24,7 +24,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.cli import entry_parser, resolve_spec, run_main
+from workflow_scripts.cli import resolve_spec, run_main
 from workflow_scripts.errors import InputError
 from workflow_scripts.metrics import classification_report
 
@@ -129,28 +129,24 @@ def lens_figure(table: pd.DataFrame, title: str):
 def main(argv: list[str] | None = None) -> None:
     from pathlib import Path
 
-    from workflow_scripts.analyses.output import save_figure, with_run_columns, write_analysis
+    from workflow_scripts.analyses.output import analysis_parser, publish
     from workflow_scripts.capture.run import load_run_model
     from workflow_scripts.capture.store import CaptureStore
     from workflow_scripts.provenance import provenance
-    from workflow_scripts.runs import Run, add_run_wildcards
+    from workflow_scripts.runs import Run
 
-    parser = entry_parser("workflow_scripts.analyses.logit_lens", __doc__)
-    add_run_wildcards(parser)
-    parser.add_argument("--acts", required=True, help="the run's acts.zarr")
+    parser = analysis_parser("workflow_scripts.analyses.logit_lens", __doc__)
     parser.add_argument("--checkpoint", required=True, help="results/models/{model}")
     parser.add_argument("--weights", required=True, help="the run's weights/ folder (its head)")
-    parser.add_argument("--out", required=True, help="the table (.parquet); the figure goes beside it (.png, .svg)")
     args = parser.parse_args(argv)
     run = Run.from_wildcards(vars(args))
     settings = resolve_spec(args, lambda config: config["analyses"]["logit_lens"])
     store = CaptureStore(args.acts, kind="acts", run=run.id)
     model = load_run_model(run, Path(args.checkpoint), Path(args.weights), store.classes)
-    table = with_run_columns(store_lens(store, *head_weights(model), settings["split"]), run)
-    write_analysis(table, args.out, provenance("logit_lens", settings, run=run.id, acts=args.acts))
-    save_figure(lens_figure(table, f"logit lens, {settings['split']} clips\n{run.id}"), Path(args.out).with_suffix(".png"))
+    publish(store_lens(store, *head_weights(model), settings["split"]), run, args.out,
+            provenance("logit_lens", settings, run=run.id, acts=args.acts), lens_figure,
+            f"logit lens, {settings['split']} clips")
     log.info("wrote %s", args.out)
-
 
 if __name__ == "__main__":
     run_main(main)

@@ -31,3 +31,28 @@ def save_figure(figure, png: str | Path) -> None:
         with atomic_path(path) as tmp:
             figure.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight")
     plt.close(figure)
+
+
+OUT_HELP = "the table (.parquet); the figure goes beside it (.png, .svg)"
+
+
+def analysis_parser(module: str, doc: str | None, *, acts: bool = True):
+    """The parser of an analysis entry point: settings (``--spec``/``--config``), the run's
+    wildcards, ``--acts`` (unless the analysis reads something else) and ``--out``."""
+    from workflow_scripts.cli import entry_parser
+    from workflow_scripts.runs import add_run_wildcards
+
+    parser = entry_parser(module, doc)
+    add_run_wildcards(parser)
+    if acts:
+        parser.add_argument("--acts", required=True, help="the run's acts.zarr")
+    parser.add_argument("--out", required=True, help=OUT_HELP)
+    return parser
+
+
+def publish(table: pd.DataFrame, run: Run, out: str | Path, record: dict, make_figure, title: str) -> None:
+    """Write an analysis's outputs: ``table`` with the run's columns and ``record`` (its
+    provenance) at ``out``, and ``make_figure(table, title)`` beside it as PNG and SVG."""
+    table = with_run_columns(table, run)
+    write_analysis(table, out, record)
+    save_figure(make_figure(table, f"{title}\n{run.id}"), Path(out).with_suffix(".png"))

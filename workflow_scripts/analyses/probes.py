@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.cli import entry_parser, resolve_spec, run_main
+from workflow_scripts.cli import resolve_spec, run_main
 from workflow_scripts.errors import InputError
 from workflow_scripts.metrics import classification_report
 
@@ -154,28 +154,18 @@ def probe_figure(table: pd.DataFrame, n_classes: int, title: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pathlib import Path
-
-    from workflow_scripts.analyses.output import save_figure, with_run_columns, write_analysis
+    from workflow_scripts.analyses.output import analysis_parser, publish
     from workflow_scripts.capture.store import CaptureStore
     from workflow_scripts.provenance import provenance
-    from workflow_scripts.runs import Run, add_run_wildcards
+    from workflow_scripts.runs import Run
 
-    parser = entry_parser("workflow_scripts.analyses.probes", __doc__)
-    add_run_wildcards(parser)
-    parser.add_argument("--acts", required=True, help="the run's acts.zarr")
-    parser.add_argument("--out", required=True,
-                        help="the table (.parquet); the figure goes beside it (.png, .svg)")
-    args = parser.parse_args(argv)
+    args = analysis_parser("workflow_scripts.analyses.probes", __doc__).parse_args(argv)
     run = Run.from_wildcards(vars(args))
     settings = resolve_spec(args, lambda config: config["analyses"]["probes"])
     store = CaptureStore(args.acts, kind="acts", run=run.id)
-    table = with_run_columns(store_probes(store, settings), run)
-    write_analysis(table, args.out, provenance("probes", settings, run=run.id, acts=args.acts))
-    save_figure(probe_figure(table, len(store.classes), f"linear probes, test clips\n{run.id}"),
-                Path(args.out).with_suffix(".png"))
+    publish(store_probes(store, settings), run, args.out, provenance("probes", settings, run=run.id, acts=args.acts),
+            lambda table, title: probe_figure(table, len(store.classes), title), "linear probes, test clips")
     log.info("wrote %s", args.out)
-
 
 if __name__ == "__main__":
     run_main(main)
