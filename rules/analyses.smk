@@ -13,6 +13,8 @@ rule contribution:
         spec=as_json(config["analyses"]["contribution"]),
     log:
         f"results/logs/contribution/{RUN_PATTERN}.log",
+    resources:
+        mem_mb=2000,  # pooled arrays of one run
     conda:
         "../envs/torch.yaml"
     shell:
@@ -33,6 +35,10 @@ rule logit_lens:
         spec=as_json(config["analyses"]["logit_lens"]),
     log:
         f"results/logs/logit_lens/{RUN_PATTERN}.log",
+    resources:
+        # It loads the run's model (for its head) on the CPU: memory and time by model size.
+        mem_mb=model_job_resource("mem_mb"),
+        runtime=model_job_resource("runtime"),
     conda:
         "../envs/torch.yaml"
     shell:
@@ -52,6 +58,8 @@ rule probes:
         spec=as_json(config["analyses"]["probes"]),
     log:
         f"results/logs/probes/{RUN_PATTERN}.log",
+    resources:
+        mem_mb=2000,  # pooled arrays of one run
     conda:
         "../envs/torch.yaml"
     shell:
@@ -75,6 +83,8 @@ rule contribution_difference:
         spec=as_json(config["analyses"]["contribution"]),
     log:
         f"results/logs/contribution_difference/{RUN_PATTERN}.log",
+    resources:
+        mem_mb=2000,  # pooled arrays of one run
     conda:
         "../envs/torch.yaml"
     shell:
