@@ -220,16 +220,14 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
     assert {job.rule for job in jobs if not job.local} >= {"demo_corpus", "manifest", "folds", "audio_cache",
                                                            "features", "train", "capture_acts", "capture_grads",
                                                            "performance"}
-    # Each run's two stores are captured in jobs of their own (they run the model, as train does);
-    # the small analyses of the stores are grouped, two per SLURM job.
+    # Each run's two stores are captured in jobs of their own (they run the model, as train does),
+    # and so is each analysis.
     for capture in ("capture_acts", "capture_grads"):
         assert sorted(job.wildcards["method"] for job in jobs if job.rule == capture and job.group is None) == [
             "frozen", "lora", "lora_init"], full_run
-    for analysis in ("contribution", "probes"):
-        assert sorted(job.wildcards["method"] for job in jobs if job.rule == analysis and job.group is not None) == [
+    for analysis in ("contribution", "logit_lens", "probes"):
+        assert sorted(job.wildcards["method"] for job in jobs if job.rule == analysis and job.group is None) == [
             "frozen", "lora", "lora_init"], full_run
-    assert sorted(job.wildcards["method"] for job in jobs if job.rule == "logit_lens" and job.group is None) == [
-        "frozen", "lora", "lora_init"], full_run
     # The model is built on the login node (a local rule), and `all` only collects; everything
     # else ran on the compute node.
     assert {job.rule for job in jobs if job.local} == {"model", "all"}
