@@ -109,12 +109,14 @@ def contribution_sums(x: torch.Tensor, a: torch.Tensor, m: torch.Tensor, frame_m
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().float().cpu().numpy() if tensor.dtype != torch.float64 else tensor.detach().cpu().numpy()
+    """Host copy; float64 stays float64, anything else becomes float32."""
+    tensor = tensor.detach()
+    return (tensor if tensor.dtype == torch.float64 else tensor.float()).cpu().numpy()
 
 
 def _frame_rows(tensors: dict[tuple, torch.Tensor], counts: list[int], keep: list[bool]) -> list[dict | None]:
     """Per utterance, its real frames of each ``[B, T, w]`` tensor (None where not kept)."""
-    host = {key: tensor.detach().float().cpu().numpy() for key, tensor in tensors.items()}
+    host = {key: _numpy(tensor) for key, tensor in tensors.items()}
     return [{key: value[i, :n] for key, value in host.items()} if wanted else None
             for i, (n, wanted) in enumerate(zip(counts, keep))]
 
@@ -129,10 +131,10 @@ def capture_forward(model: nn.Module, features: torch.Tensor, mel_mask: torch.Te
     output.
     """
     names = _module_names(model)
-    encoder = classification_model(model).encoder
+    hf = classification_model(model)
     lora_names = [name for pair in names["lora"].values() for name in pair]
-    with torch.no_grad(), TraceDict(classification_model(model), names["block"], retain_input=True) as blocks, \
-            TraceDict(classification_model(model), names["attn"] + names["mlp"] + lora_names) as parts:
+    with torch.no_grad(), TraceDict(hf, names["block"], retain_input=True) as blocks, \
+            TraceDict(hf, names["attn"] + names["mlp"] + lora_names) as parts:
         logits = classify(model, features, mel_mask, plan.legacy)
         residual = [blocks[names["block"][0]].input] + [blocks[name].output for name in names["block"]]
         mask = frame_mask_of(mel_mask, plan.legacy, residual[0].shape[1])
@@ -143,11 +145,11 @@ def capture_forward(model: nn.Module, features: torch.Tensor, mel_mask: torch.Te
             "prediction": logits.argmax(-1).cpu().numpy(),
             "n_frames": mask.sum(1).cpu().numpy(),
             "resid": np.stack([_numpy(masked_mean(h, mask)) for h in residual], axis=1),
-            "normed": np.stack([_numpy(masked_mean(encoder.layer_norm(h), mask)) for h in residual], axis=1),
+            "normed": np.stack([_numpy(masked_mean(hf.encoder.layer_norm(h), mask)) for h in residual], axis=1),
             "attn": np.stack([_numpy(masked_mean(a, mask)) for a in attn], axis=1),
             "mlp": np.stack([_numpy(masked_mean(m, mask)) for m in mlp], axis=1),
             "contribution": np.stack([
-                contribution_sums(residual[b], attn[b], mlp[b], mask).cpu().numpy() for b in range(len(attn))
+                _numpy(contribution_sums(residual[b], attn[b], mlp[b], mask)) for b in range(len(attn))
             ], axis=1),
         }
         frame_tensors = {("resid", layer): residual[layer] for layer in plan.resid_layers}
