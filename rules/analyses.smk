@@ -15,6 +15,7 @@ rule contribution:
         f"results/logs/contribution/{RUN_PATTERN}.log",
     resources:
         mem_mb=2000,  # pooled arrays of one run
+        runtime=15,
     conda:
         "../envs/torch.yaml"
     shell:
@@ -36,9 +37,9 @@ rule logit_lens:
     log:
         f"results/logs/logit_lens/{RUN_PATTERN}.log",
     resources:
-        # It loads the run's model (for its head) on the CPU: memory and time by model size.
+        # It loads the run's model (for its head) on the CPU: memory by model size.
         mem_mb=model_job_resource("mem_mb"),
-        runtime=model_job_resource("runtime"),
+        runtime=15,
     conda:
         "../envs/torch.yaml"
     shell:
@@ -60,6 +61,7 @@ rule probes:
         f"results/logs/probes/{RUN_PATTERN}.log",
     resources:
         mem_mb=2000,  # pooled arrays of one run
+        runtime=30,  # a regularisation grid per layer
     conda:
         "../envs/torch.yaml"
     shell:
@@ -85,6 +87,7 @@ rule contribution_difference:
         f"results/logs/contribution_difference/{RUN_PATTERN}.log",
     resources:
         mem_mb=2000,  # pooled arrays of one run
+        runtime=15,
     conda:
         "../envs/torch.yaml"
     shell:

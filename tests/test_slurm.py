@@ -221,13 +221,23 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
                                                            "features", "train", "capture_acts", "capture_grads",
                                                            "performance"}
     # Each run's two stores are captured in jobs of their own (they run the model, as train does),
-    # and so is each analysis.
-    for capture in ("capture_acts", "capture_grads"):
-        assert sorted(job.wildcards["method"] for job in jobs if job.rule == capture and job.group is None) == [
-            "frozen", "lora", "lora_init"], full_run
-    for analysis in ("contribution", "logit_lens", "probes"):
-        assert sorted(job.wildcards["method"] for job in jobs if job.rule == analysis and job.group is None) == [
-            "frozen", "lora", "lora_init"], full_run
+    # and so is its erasure.
+    for model_job in ("capture_acts", "capture_grads", "erasure"):
+        methods = ["frozen", "lora"] if model_job == "erasure" else ["frozen", "lora", "lora_init"]
+        assert sorted(job.wildcards["method"] for job in jobs if job.rule == model_job and job.group is None) == \
+            methods, full_run
+    # A run's readouts become ready together (when its acts store is written) and the profile's
+    # group puts them into one SLURM job...
+    readouts = [job for job in jobs if job.rule in ("contribution", "contribution_difference", "logit_lens", "probes")]
+    assert len(readouts) == 3 * 3 + 1 and all(job.group and job.group[1] == "readouts" for job in readouts), full_run
+    for method in ("frozen", "lora", "lora_init"):
+        assert len({job.group for job in readouts if job.wildcards["method"] == method
+                    and job.rule != "contribution_difference"}) == 1, full_run
+    # ... which asks for no more CPUs than the profile's `cores` (2, this node's size): its jobs run
+    # at most two at a time, instead of asking for the sum of them all.
+    for record in records.values():
+        cpus = dict(item.split("=", 1) for item in record["AllocTRES"].split(","))["cpu"]
+        assert int(cpus) <= PROFILE["cores"], record
     # The model is built on the login node (a local rule), and `all` only collects; everything
     # else ran on the compute node.
     assert {job.rule for job in jobs if job.local} == {"model", "all"}
