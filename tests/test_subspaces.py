@@ -99,7 +99,8 @@ def test_bad_bases_are_refused_and_an_empty_one_gives_nan():
 def test_the_chance_level_matches_simulation(d, k1, k2):
     rng = np.random.default_rng(d + k1 + k2)
     fixed = random_basis(rng, d, k1)
-    trials = np.array([subspace_similarity(fixed, random_basis(rng, d, k2))["mean_cos2"] for _ in range(3000)])
+    trials = np.array([subspace_similarity(fixed, random_basis(rng, d, k2))["mean_cos2"]
+                       for _ in range(3000)])
     expected = max(k1, k2) / d
     assert chance_mean_cos2(k1, k2, d) == expected
     assert subspace_similarity(fixed, random_basis(rng, d, k2))["chance"] == expected
@@ -132,16 +133,19 @@ def group_runs(tmp_path):
     - r8 seed0 fold1's B holds fold1's 4 columns plus 4 more (contains its column space);
     - r4 seed1 fold1 is random; in block 1 its v_proj B is zero (ΔW = 0)."""
     rng = np.random.default_rng(3)
-    b4 = {(block, module): random_factors(rng, D, D, 4)[1] for block in range(2) for module in ("q_proj", "v_proj")}
+    b4 = {(block, module): random_factors(rng, D, D, 4)[1]
+          for block in range(2) for module in ("q_proj", "v_proj")}
     runs = {}
 
     def write(rank, seed, fold, bs):
         factors = {key: with_b(rng, b) for key, b in bs.items()}
-        runs[run_id(rank, seed, fold)] = str(write_adapter(tmp_path / f"r{rank}s{seed}f{fold}", factors, rank, 2.0 * rank))
+        folder = write_adapter(tmp_path / f"r{rank}s{seed}f{fold}", factors, rank, 2.0 * rank)
+        runs[run_id(rank, seed, fold)] = str(folder)
 
     write(4, 0, 1, b4)
     write(4, 0, 2, b4)
-    write(8, 0, 1, {key: np.concatenate([b, random_factors(rng, D, D, 4)[1]], axis=1) for key, b in b4.items()})
+    write(8, 0, 1, {key: np.concatenate([b, random_factors(rng, D, D, 4)[1]], axis=1)
+                    for key, b in b4.items()})
     random_bs = {key: random_factors(rng, D, D, 4)[1] for key in b4}
     random_bs[(1, "v_proj")] = np.zeros((D, 4))
     write(4, 1, 1, random_bs)
@@ -150,9 +154,9 @@ def group_runs(tmp_path):
 
 def test_group_table_schema_what_differs_and_known_similarities(group_runs):
     table = group_subspaces(group_runs)
-    assert list(table.columns) == ["dataset", "protocol", "model", "method", "targets", "run_1", "run_2", "differs",
-                                   "block", "module", "d_out", "k1", "k2", "mean_cos2", "max_cos", "chance",
-                                   "all_zero"]
+    assert list(table.columns) == ["dataset", "protocol", "model", "method", "targets", "run_1", "run_2",
+                                   "differs", "block", "module", "d_out", "k1", "k2", "mean_cos2", "max_cos",
+                                   "chance", "all_zero"]
     assert (table["method"] == "lora").all() and (table["targets"] == "q_proj+v_proj").all()
     assert len(table) == 6 * 4  # 6 pairs × 2 blocks × 2 modules
     pairs = table.drop_duplicates(["run_1", "run_2"]).set_index(["run_1", "run_2"])["differs"]
@@ -193,10 +197,12 @@ def test_a_group_of_lora_init_runs_is_all_nan_and_flagged(tmp_path):
     rng = np.random.default_rng(4)
     runs = {}
     for fold in (1, 2):
-        factors = {(0, module): (random_factors(rng, D, D, 4)[0], np.zeros((D, 4))) for module in ("q_proj", "v_proj")}
+        factors = {(0, module): (random_factors(rng, D, D, 4)[0], np.zeros((D, 4)))
+                   for module in ("q_proj", "v_proj")}
         runs[run_id(4, 0, fold, "lora_init")] = str(write_adapter(tmp_path / f"f{fold}", factors, 4, 8.0))
     table = group_subspaces(runs)
-    assert table["all_zero"].all() and table["mean_cos2"].isna().all() and (table["method"] == "lora_init").all()
+    assert table["all_zero"].all() and table["mean_cos2"].isna().all()
+    assert (table["method"] == "lora_init").all()
 
 
 def test_group_checks(group_runs, tmp_path):
@@ -255,7 +261,8 @@ def test_entry_point_refuses_malformed_run_arguments(group_runs, tmp_path):
 
 def test_help():
     module = "workflow_scripts.analyses.subspaces"
-    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                            cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: python -m {module}")
     assert "RUN_ID=WEIGHTS_DIR" in result.stdout and "--spec" not in result.stdout

@@ -72,7 +72,8 @@ def dense_singular_values(a, b, scaling):
 # --- the core spectrum --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("d_out, d_in, rank", [(7, 5, 3), (20, 30, 4), (6, 40, 6), (50, 8, 2), (64, 64, 8), (4, 10, 6)])
+@pytest.mark.parametrize("d_out, d_in, rank",
+                         [(7, 5, 3), (20, 30, 4), (6, 40, 6), (50, 8, 2), (64, 64, 8), (4, 10, 6)])
 def test_core_spectrum_equals_the_dense_svd(d_out, d_in, rank):
     rng = np.random.default_rng(d_out * 100 + d_in + rank)
     a, b = rng.normal(size=(rank, d_in)), rng.normal(size=(d_out, rank))
@@ -102,8 +103,8 @@ def test_core_spectrum_takes_float32_factors_in_float64():
     a, b = rng.normal(size=(3, 10)).astype(np.float32), rng.normal(size=(8, 3)).astype(np.float32)
     sigma = delta_w_singular_values(a, b, 1.0)
     assert sigma.dtype == np.float64
-    np.testing.assert_allclose(sigma, dense_singular_values(a.astype(np.float64), b.astype(np.float64), 1.0)[:3],
-                               rtol=1e-12)
+    dense = dense_singular_values(a.astype(np.float64), b.astype(np.float64), 1.0)
+    np.testing.assert_allclose(sigma, dense[:3], rtol=1e-12)
 
 
 def test_column_basis_is_orthonormal_spans_delta_w_and_takes_the_top_k():
@@ -194,13 +195,15 @@ def test_scaling_comes_from_the_adapter_config(tmp_path, use_rslora, expected):
 def test_table_schema_and_zero_update_flag(tmp_path):
     rng = np.random.default_rng(10)
     a, b = random_factors(rng, 8, 8, 3)
-    folder = write_adapter(tmp_path / "w", {(0, "q_proj"): (a, b), (0, "v_proj"): (a, np.zeros_like(b))}, 3, 6.0)
+    factors = {(0, "q_proj"): (a, b), (0, "v_proj"): (a, np.zeros_like(b))}
+    folder = write_adapter(tmp_path / "w", factors, 3, 6.0)
     table = run_weight_spectra(folder)
     assert list(table.columns) == ["block", "module", "statistic", "k", "value", "all_zero"]
     assert set(table["statistic"]) == {"sigma", "k90", "effective_rank", "stable_rank", "frobenius_norm",
                                        "spectral_norm"}
     sigma = table[table["statistic"] == "sigma"]
-    assert sorted(sigma["k"].unique()) == [1, 2, 3] and table.loc[table["statistic"] != "sigma", "k"].isna().all()
+    assert sorted(sigma["k"].unique()) == [1, 2, 3]
+    assert table.loc[table["statistic"] != "sigma", "k"].isna().all()
     zero = table[table["module"] == "v_proj"].set_index("statistic")
     assert zero["all_zero"].all() and not table.loc[table["module"] == "q_proj", "all_zero"].any()
     assert np.isnan(zero.loc["k90", "value"]) and zero.loc["frobenius_norm", "value"] == 0
@@ -244,24 +247,27 @@ def test_malformed_adapters_are_refused_naming_the_file(tmp_path):
 
 # --- the entry point ----------------------------------------------------------------------------
 
-WILDCARDS = ["--dataset", "toy", "--protocol", "loso_speaker", "--model", "tiny", "--seed", "0", "--fold", "1"]
+WILDCARDS = ["--dataset", "toy", "--protocol", "loso_speaker", "--model", "tiny", "--seed", "0",
+             "--fold", "1"]
 
 
 def test_entry_point_writes_the_table_with_the_run_s_columns_figure_and_provenance(tmp_path):
     rng = np.random.default_rng(12)
-    factors = {(block, module): random_factors(rng, 16, 16, 4) for block in range(3) for module in ("q_proj", "v_proj")}
+    factors = {(block, module): random_factors(rng, 16, 16, 4)
+               for block in range(3) for module in ("q_proj", "v_proj")}
     folder = write_adapter(tmp_path / "weights", factors, 4, 8.0)
     out = tmp_path / "out" / "weight_spectra.parquet"
-    main(["--weights", str(folder), *WILDCARDS, "--method", "lora", "--targets", "q_proj+v_proj", "--rank", "4",
-          "--out", str(out)])
+    main(["--weights", str(folder), *WILDCARDS, "--method", "lora", "--targets", "q_proj+v_proj",
+          "--rank", "4", "--out", str(out)])
     table = pd.read_parquet(out)
-    assert list(table.columns[:9]) == ["run", "dataset", "protocol", "model", "method", "targets", "rank", "seed",
-                                       "fold"]
+    assert list(table.columns[:9]) == ["run", "dataset", "protocol", "model", "method", "targets", "rank",
+                                       "seed", "fold"]
     assert table["run"].iloc[0] == "toy/loso_speaker/tiny/lora/q_proj+v_proj/r4/seed0/fold1"
     assert len(table) == 3 * 2 * (4 + 5)
     assert out.with_suffix(".png").is_file() and out.with_suffix(".svg").is_file()
     record = read_provenance(out)
-    assert record["step"] == "weight_spectra" and record["weights"] == str(folder) and record["scaling"] == 2.0
+    assert record["step"] == "weight_spectra" and record["weights"] == str(folder)
+    assert record["scaling"] == 2.0
 
 
 def test_entry_point_on_a_zero_update_says_so(tmp_path):
@@ -295,13 +301,14 @@ def test_entry_point_refuses_a_file_that_adapts_other_modules_than_its_config_sa
     folder = write_adapter(tmp_path / "weights", {(0, "q_proj"): random_factors(rng, 8, 8, 4)}, 4, 8.0,
                            targets=["q_proj", "v_proj"])
     with pytest.raises(InputError, match=r"adapts \['q_proj'\], but run .* targets \['q_proj', 'v_proj'\]"):
-        main(["--weights", str(folder), *WILDCARDS, "--method", "lora", "--targets", "q_proj+v_proj", "--rank", "4",
-              "--out", str(tmp_path / "ws.parquet")])
+        main(["--weights", str(folder), *WILDCARDS, "--method", "lora", "--targets", "q_proj+v_proj",
+              "--rank", "4", "--out", str(tmp_path / "ws.parquet")])
 
 
 def test_help():
     module = "workflow_scripts.analyses.weight_spectra"
-    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                            cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: python -m {module}")
     assert "--weights" in result.stdout and "--spec" not in result.stdout

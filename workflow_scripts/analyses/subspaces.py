@@ -41,6 +41,7 @@ from workflow_scripts.analyses.weight_spectra import (
     adapter_matrices,
     check_adapter_matches_run,
     delta_w_column_basis,
+    module_order,
 )
 from workflow_scripts.cli import run_main
 from workflow_scripts.errors import InputError, describe_offenders
@@ -167,22 +168,24 @@ def group_subspaces(runs: dict[str, str | Path]) -> pd.DataFrame:
     rows = []
     for id_1, id_2 in itertools.combinations(sorted(runs), 2):
         differs = "+".join(differing_fields(parsed[id_1], parsed[id_2]))
-        shared = sorted(set(bases[id_1]) & set(bases[id_2]), key=lambda key: (key[0], MODULES.index(key[1])))
+        shared = sorted(set(bases[id_1]) & set(bases[id_2]), key=module_order)
         for block, module in shared:
             first, second = bases[id_1][(block, module)], bases[id_2][(block, module)]
             if first.basis.shape[0] != second.basis.shape[0]:
-                raise InputError(f"block {block} {module}: ΔW has {first.basis.shape[0]} output rows in {id_1} "
-                                 f"but {second.basis.shape[0]} in {id_2} (runs of different models?)")
+                raise InputError(f"block {block} {module}: ΔW has {first.basis.shape[0]} output rows in "
+                                 f"{id_1} but {second.basis.shape[0]} in {id_2} (runs of different models?)")
             similarity = subspace_similarity(first.basis, second.basis)
             rows.append({**group, "run_1": id_1, "run_2": id_2, "differs": differs, "block": block,
                          "module": module, "d_out": first.basis.shape[0], **similarity,
                          "all_zero": bool(first.all_zero or second.all_zero)})
     if not rows:
-        raise InputError(describe_offenders("the runs share no adapted (block, module) to compare", sorted(runs)))
+        raise InputError(describe_offenders("the runs share no adapted (block, module) to compare",
+                                            sorted(runs)))
     table = pd.DataFrame(rows, columns=COLUMNS)
     zero = table.loc[table["all_zero"], ["run_1", "run_2"]].drop_duplicates()
     if len(zero):
-        log.warning("%d run pairs include a ΔW = 0 (B = 0, e.g. lora_init): their similarities are NaN", len(zero))
+        log.warning("%d run pairs include a ΔW = 0 (B = 0, e.g. lora_init): their similarities are NaN",
+                    len(zero))
     return table
 
 
@@ -191,7 +194,8 @@ def group_subspaces(runs: dict[str, str | Path]) -> pd.DataFrame:
 
 
 def pair_label(run_1: str, run_2: str) -> str:
-    """A pair of runs named by the wildcards that differ, e.g. ``fold1 vs fold2``, ``r8 seed0 vs r16 seed1``."""
+    """A pair of runs named by the wildcards that differ, e.g. ``fold1 vs fold2`` or
+    ``r8 seed0 vs r16 seed1``."""
     first, second = run_from_id(run_1), run_from_id(run_2)
     fields = differing_fields(first, second)
 
@@ -229,12 +233,13 @@ def subspaces_figure(table: pd.DataFrame, title: str):
     top = float(max(shown)) if shown and max(shown) > 0 else 1.0
     annotate = len(labels) <= 40 and n_blocks <= 16
     height = 2.6 + 0.32 * len(labels)
-    figure, axes = plt.subplots(1, len(modules), figsize=(max(3.5, 0.55 * n_blocks + 2.6) * len(modules), height),
-                                squeeze=False)
+    width = max(3.5, 0.55 * n_blocks + 2.6)
+    figure, axes = plt.subplots(1, len(modules), figsize=(width * len(modules), height), squeeze=False)
     for axis, module in zip(axes[0], modules):
         part = table[table["module"] == module].copy()
         part["pair"] = [labels[(a, b)] for a, b in zip(part["run_1"], part["run_2"])]
-        grid = part.pivot_table(index="pair", columns="block", values="mean_cos2", dropna=False, aggfunc="first")
+        grid = part.pivot_table(index="pair", columns="block", values="mean_cos2", dropna=False,
+                                aggfunc="first")
         grid = grid.reindex([labels[key] for key in labels])
         sns.heatmap(grid, ax=axis, vmin=0.0, vmax=top, cmap="viridis", annot=annotate, fmt=".3f",
                     annot_kws={"fontsize": 7}, cbar_kws={"label": "mean cos²"})

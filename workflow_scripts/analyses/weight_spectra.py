@@ -65,6 +65,11 @@ ENERGY_TOLERANCE = 1e-12
 # Reading an adapter
 
 
+def module_order(key: tuple[int, str]) -> tuple[int, int]:
+    """Sort key of a (block, module): by block, then in :data:`MODULES` order."""
+    return key[0], MODULES.index(key[1])
+
+
 def _read_adapter_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text())
@@ -106,7 +111,10 @@ def _load_tensors(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: not a readable safetensors file ({error})") from error
 
 
-def adapter_matrices(weights_dir: str | Path) -> tuple[dict[tuple[int, str], tuple[np.ndarray, np.ndarray]], float, int]:
+Factors = dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]
+
+
+def adapter_matrices(weights_dir: str | Path) -> tuple[Factors, float, int]:
     """A LoRA run's factors, in float64: ``{(block, module): (A [r, d_in], B [d_out, r])}``
     (sorted by block, then module in :data:`MODULES` order), the scaling s and the rank r."""
     folder = Path(weights_dir)
@@ -141,21 +149,23 @@ def adapter_matrices(weights_dir: str | Path) -> tuple[dict[tuple[int, str], tup
 
     problems = []
     matrices = {}
-    for (block, module), pair in sorted(factors.items(), key=lambda item: (item[0][0], MODULES.index(item[0][1]))):
+    for (block, module), pair in sorted(factors.items(), key=lambda item: module_order(item[0])):
         name = f"block {block} {module}"
         if set(pair) != {"A", "B"}:
             problems.append(f"{name}: lora_{'B' if 'A' in pair else 'A'} is missing")
             continue
         a, b = (np.asarray(pair[f], dtype=np.float64) for f in "AB")
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != rank or b.shape[1] != rank:
-            problems.append(f"{name}: A {a.shape} and B {b.shape} are not r × d_in and d_out × r with r = {rank}")
+            problems.append(f"{name}: A {a.shape} and B {b.shape} are not r × d_in and d_out × r "
+                            f"with r = {rank}")
             continue
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
             problems.append(f"{name}: non-finite values (a diverged run?)")
             continue
         matrices[(block, module)] = (a, b)
     if problems:
-        raise InputError(describe_offenders(f"{weights_path}: {len(problems)} adapted modules are malformed", problems))
+        raise InputError(describe_offenders(
+            f"{weights_path}: {len(problems)} adapted modules are malformed", problems))
     return matrices, adapter_scaling(config), rank
 
 
@@ -280,13 +290,15 @@ def spectrum_statistics(singular_values: np.ndarray) -> dict[str, float]:
     """k90, effective_rank, stable_rank, frobenius_norm, spectral_norm of a decreasing
     spectrum; for a zero spectrum the norms are 0 and the three ranks NaN."""
     sigma = np.asarray(singular_values, dtype=np.float64)
-    norms = {"frobenius_norm": float(np.sqrt(np.sum(sigma**2))), "spectral_norm": float(sigma[0]) if sigma.size else 0.0}
+    norms = {"frobenius_norm": float(np.sqrt(np.sum(sigma**2))),
+             "spectral_norm": float(sigma[0]) if sigma.size else 0.0}
     if not np.any(sigma > 0):
         return {"k90": math.nan, "effective_rank": math.nan, "stable_rank": math.nan, **norms}
-    return {"k90": _k90(sigma), "effective_rank": _effective_rank(sigma), "stable_rank": _stable_rank(sigma), **norms}
+    return {"k90": _k90(sigma), "effective_rank": _effective_rank(sigma), "stable_rank": _stable_rank(sigma),
+            **norms}
 
 
-def spectra_table(matrices: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]], scaling: float) -> pd.DataFrame:
+def spectra_table(matrices: Factors, scaling: float) -> pd.DataFrame:
     """Tidy: block, module, statistic, k (1-based for ``sigma``, empty for the scalars), value,
     all_zero (ΔW of that module is identically zero)."""
     rows = []
@@ -294,7 +306,8 @@ def spectra_table(matrices: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]
         sigma = delta_w_singular_values(a, b, scaling)
         all_zero = not np.any(sigma > 0)
         rows += [(block, module, "sigma", k, value, all_zero) for k, value in enumerate(sigma, start=1)]
-        rows += [(block, module, name, None, value, all_zero) for name, value in spectrum_statistics(sigma).items()]
+        rows += [(block, module, name, None, value, all_zero)
+                 for name, value in spectrum_statistics(sigma).items()]
     table = pd.DataFrame(rows, columns=["block", "module", "statistic", "k", "value", "all_zero"])
     table["k"] = table["k"].astype("Int64")
     table["value"] = table["value"].astype(np.float64)
@@ -351,7 +364,8 @@ def weight_spectra_figure(table: pd.DataFrame, title: str):
             values = part[part["statistic"] == name].sort_values("block")
             rank_axis.plot(values["block"], values["value"], marker=marker, label=name.replace("_", " "))
         if part.loc[part["statistic"] == "k90", "value"].isna().all():
-            rank_axis.text(0.5, 0.5, "undefined: ΔW = 0", transform=rank_axis.transAxes, ha="center", va="center")
+            rank_axis.text(0.5, 0.5, "undefined: ΔW = 0", transform=rank_axis.transAxes, ha="center",
+                           va="center")
         rank_axis.set_xticks(blocks)
         rank_axis.set_xlabel("encoder block")
         rank_axis.set_ylabel("rank measure of ΔW")
