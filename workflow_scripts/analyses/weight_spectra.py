@@ -259,43 +259,16 @@ def delta_w_column_basis(a: np.ndarray, b: np.ndarray, scaling: float, k: int | 
     return ColumnBasis(basis=q_b @ left[:, :k], singular_values=sigma, all_zero=all_zero)
 
 
-# ---------------------------------------------------------------------------------------------
-# Spectrum statistics (analysis-math.md, "Spectra"). The activation spectra (issue 11 item 1)
-# use the same definitions; these helpers should become one shared set once both modules exist.
-
-
-def _cumulative_energy(sigma: np.ndarray) -> np.ndarray:
-    energy = sigma**2
-    return np.cumsum(energy) / energy.sum()
-
-
-def _k90(sigma: np.ndarray) -> float:
-    """Smallest 1-based k with E_k ≥ 0.9 (1e-12 tolerance, so an exact boundary counts)."""
-    reached = _cumulative_energy(sigma) >= ENERGY_THRESHOLD - ENERGY_TOLERANCE
-    return float(np.argmax(reached) + 1)
-
-
-def _effective_rank(sigma: np.ndarray) -> float:
-    """Roy & Vetterli's entropy effective rank over p_i = σ_i / Σ σ_j (0·log 0 = 0)."""
-    p = sigma / sigma.sum()
-    p = p[p > 0]
-    return float(np.exp(-np.sum(p * np.log(p))))
-
-
-def _stable_rank(sigma: np.ndarray) -> float:
-    return float(np.sum(sigma**2) / sigma[0] ** 2)
-
-
 def spectrum_statistics(singular_values: np.ndarray) -> dict[str, float]:
-    """k90, effective_rank, stable_rank, frobenius_norm, spectral_norm of a decreasing
-    spectrum; for a zero spectrum the norms are 0 and the three ranks NaN."""
+    """k90, effective_rank, stable_rank (the activation spectra's definitions, spectra.py),
+    frobenius_norm, spectral_norm of a decreasing spectrum; for a zero spectrum the norms are 0
+    and the three ranks NaN."""
+    from workflow_scripts.analyses import spectra
+
     sigma = np.asarray(singular_values, dtype=np.float64)
-    norms = {"frobenius_norm": float(np.sqrt(np.sum(sigma**2))),
-             "spectral_norm": float(sigma[0]) if sigma.size else 0.0}
-    if not np.any(sigma > 0):
-        return {"k90": math.nan, "effective_rank": math.nan, "stable_rank": math.nan, **norms}
-    return {"k90": _k90(sigma), "effective_rank": _effective_rank(sigma), "stable_rank": _stable_rank(sigma),
-            **norms}
+    shared = spectra.spectrum_statistics(sigma)
+    return {**{name: shared[name] for name in ("k90", "effective_rank", "stable_rank")},
+            "frobenius_norm": float(np.sqrt(np.sum(sigma**2))), "spectral_norm": float(sigma[0]) if sigma.size else 0.0}
 
 
 def spectra_table(matrices: Factors, scaling: float) -> pd.DataFrame:
