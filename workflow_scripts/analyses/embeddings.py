@@ -18,6 +18,9 @@ alphabetically first adapted module):
   settings, ``random_state`` = ``seed``, other defaults; the defaults 30/1000/42 are the paper's)
   and PCA (2 components; centred, not scaled; with each component's explained-variance ratio).
   t-SNE needs perplexity < clips: a smaller split gets perplexity clips − 2, logged and reported.
+  With scikit-learn's default PCA initialisation the seed enters t-SNE only through the
+  randomized SVD that PCA uses on large inputs (the paper's 507 × 1,500·r); on small inputs
+  (pooled features) the map is the same whatever the seed. Either way a seed gives one map.
 * cluster quality, by true emotion class: the silhouette score (Euclidean; scikit-learn) on the
   features themselves and on each 2-D map, and the accuracy and UAR of a k-nearest-neighbour
   vote (Euclidean, k = ``knn_neighbors``, ties in distance to the lower clip index, ties in the
@@ -34,7 +37,7 @@ blocks than ``blocks`` gets all of them.
 Table (tidy; leading columns: group, dataset, protocol, model, method, targets, seed, fold):
 rank, block, module, space, statistic, value, knn_cv, clips. ``space`` says where a statistic is
 computed: ``features`` (silhouette_features, knn_uar, knn_accuracy; knn_cv names the scheme on
-these rows, empty elsewhere), ``tsne`` (silhouette_map, perplexity: the one used) or ``pca``
+these rows, null elsewhere), ``tsne`` (silhouette_map, perplexity: the one used) or ``pca``
 (silhouette_map, explained_variance_pc1, explained_variance_pc2). The 2-D coordinates go to
 ``<table>.coords.parquet`` (group columns, rank, block, module, space, utt_id, speaker, label, x,
 y). Figures: the paper's grid (rows ranks, columns blocks, points coloured by emotion) for t-SNE
@@ -169,8 +172,9 @@ def tsne_perplexity(perplexity: float, n_clips: int) -> float:
 def embed(features: np.ndarray, method: str = "tsne", seed: int = 42, perplexity: float = 30,
           max_iter: int = 1000) -> Embedding:
     """A 2-D map of ``features [clips, d]`` (float64): ``tsne`` (``TSNE(n_components=2,
-    perplexity, max_iter, random_state=seed)``, other scikit-learn defaults) or ``pca`` (two
-    components; with one feature, the second coordinate is 0 and explains nothing)."""
+    perplexity, max_iter, random_state=seed)``, other scikit-learn defaults; a random start
+    instead of the PCA one for a single feature) or ``pca`` (two components; with one feature,
+    the second coordinate is 0 and explains nothing)."""
     features = np.asarray(features, dtype=np.float64)
     n = features.shape[0]
     if n < 3:
@@ -179,7 +183,10 @@ def embed(features: np.ndarray, method: str = "tsne", seed: int = 42, perplexity
         from sklearn.manifold import TSNE
 
         used = tsne_perplexity(perplexity, n)
-        coordinates = TSNE(n_components=2, perplexity=used, max_iter=max_iter, random_state=seed).fit_transform(features)
+        # scikit-learn's default initialisation is a 2-component PCA, which one feature (rank 1) cannot give.
+        init = "pca" if features.shape[1] >= 2 else "random"
+        coordinates = TSNE(n_components=2, perplexity=used, max_iter=max_iter, random_state=seed,
+                           init=init).fit_transform(features)
         return Embedding("tsne", np.asarray(coordinates, dtype=np.float64), perplexity=used)
     if method == "pca":
         from sklearn.decomposition import PCA
