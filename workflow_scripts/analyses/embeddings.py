@@ -132,7 +132,8 @@ def flattened_rows(array, offsets, source: str = "the frame-level array") -> np.
     counts = _clip_counts(offsets, source)
     if np.unique(counts).size > 1:
         raise InputError(f"{source}: the clips have {int(counts.min())} to {int(counts.max())} frames; the "
-                         "flattened (legacy) features need the same number for every clip (1,500, the 30-s window)")
+                         "flattened (legacy) features need the same number for every clip "
+                         "(1,500, the 30-s window)")
     frames, width = int(counts[0]), int(array.shape[1])
     flat = np.empty((len(counts), frames * width), dtype=np.float64)
     for start, stop in _row_blocks(offsets, width):
@@ -208,7 +209,8 @@ def silhouette(features: np.ndarray, labels: np.ndarray) -> float:
 
     present = np.unique(labels).size
     if not 2 <= present <= len(labels) - 1:
-        log.warning("silhouette undefined for %d classes over %d clips; reported as NaN", present, len(labels))
+        log.warning("silhouette undefined for %d classes over %d clips; reported as NaN",
+                    present, len(labels))
         return float("nan")
     return float(silhouette_score(np.asarray(features, dtype=np.float64), labels, metric="euclidean"))
 
@@ -230,7 +232,8 @@ def knn_predictions(features: np.ndarray, labels: np.ndarray, groups: np.ndarray
         nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
         usable = np.isfinite(np.take_along_axis(distances, nearest, axis=1))
         for row, (neighbours, ok) in enumerate(zip(nearest, usable)):
-            predictions[start + row] = int(np.argmax(np.bincount(labels[neighbours[ok]], minlength=n_classes)))
+            votes = np.bincount(labels[neighbours[ok]], minlength=n_classes)
+            predictions[start + row] = int(np.argmax(votes))  # ties: the lowest class index
     return predictions
 
 
@@ -249,7 +252,8 @@ def cluster_quality(features: np.ndarray, labels: np.ndarray, speakers: np.ndarr
         scheme, groups = LOO, np.arange(n)
     candidates = n - max(np.unique(groups, return_counts=True)[1])  # the fewest any clip may use
     if k > candidates:
-        log.info("kNN: %d neighbours requested, some clips have only %d candidates (%s)", k, candidates, scheme)
+        log.info("kNN: %d neighbours requested, some clips have only %d candidates (%s)",
+                 k, candidates, scheme)
     predictions = knn_predictions(features, labels, groups, k)
     matrix = confusion_matrix(labels, predictions, int(max(labels.max(), predictions.max())) + 1)
     quality = {"silhouette_features": silhouette(features, labels), "knn_uar": uar(matrix),
@@ -290,7 +294,8 @@ def choose_module(stores: dict, requested: str) -> str:
     for store in stores.values():
         modules = {module for _, module in store.adapted()}
         if not modules:
-            raise InputError(f"{store.path}: no LoRA A outputs (no adapted module); embeddings need a LoRA run's store")
+            raise InputError(f"{store.path}: no LoRA A outputs (no adapted module); "
+                             "embeddings need a LoRA run's store")
         shared = modules if shared is None else shared & modules
     if requested != "auto":
         for store in stores.values():
@@ -320,18 +325,20 @@ def check_group(stores: dict) -> None:
         raise InputError("embeddings need at least one acts store")
     for rank, store in stores.items():
         if int(store.attrs["rank"]) != int(rank):
-            raise InputError(f"{store.path} holds rank {store.attrs['rank']}, not {rank} (run {store.attrs['run']})")
+            raise InputError(f"{store.path} holds rank {store.attrs['rank']}, not {rank} "
+                             f"(run {store.attrs['run']})")
     ranks = sorted(stores)
     first = stores[ranks[0]]
     for rank in ranks[1:]:
         store = stores[rank]
         if _group_of(store) != _group_of(first):
-            raise InputError(f"{store.path} (run {store.attrs['run']}) and {first.path} (run {first.attrs['run']}) "
-                             "are not of one group (same dataset, protocol, model, method, targets, seed and fold)")
+            raise InputError(f"{store.path} (run {store.attrs['run']}) and {first.path} "
+                             f"(run {first.attrs['run']}) are not of one group (same dataset, protocol, "
+                             "model, method, targets, seed and fold)")
         if store.frame_items != first.frame_items:
-            raise InputError(f"{store.path} and {first.path} hold different clips ({len(store.frame_items)} and "
-                             f"{len(first.frame_items)} with frame-level rows, or in another order); the ranks of a "
-                             "group must be compared on identical clips")
+            raise InputError(f"{store.path} and {first.path} hold different clips "
+                             f"({len(store.frame_items)} and {len(first.frame_items)} with frame-level rows, "
+                             "or in another order); the ranks of a group must be compared on identical clips")
         for name in ("n_layers", "legacy"):
             if store.attrs[name] != first.attrs[name]:
                 raise InputError(f"{store.path} and {first.path} differ in {name} "
@@ -385,17 +392,20 @@ def group_embeddings(stores: dict, module: str = "auto", settings: dict | None =
                       "knn_cv": quality["knn_cv"] if name.startswith("knn") else None}
                      for name in ("silhouette_features", "knn_uar", "knn_accuracy")]
             for method in METHODS:
-                embedding = embed(features, method, settings["seed"], settings["perplexity"], settings["max_iter"])
+                embedding = embed(features, method, settings["seed"], settings["perplexity"],
+                                  settings["max_iter"])
                 values = {"silhouette_map": silhouette(embedding.coordinates, labels)}
                 if method == "tsne":
                     values["perplexity"] = embedding.perplexity
                 else:
-                    values["explained_variance_pc1"], values["explained_variance_pc2"] = embedding.explained_variance
+                    pc1, pc2 = embedding.explained_variance
+                    values.update(explained_variance_pc1=pc1, explained_variance_pc2=pc2)
                 rows += [{**where, "space": method, "statistic": name, "value": float(value), "knn_cv": None}
                          for name, value in values.items()]
+                x, y = embedding.coordinates.T
                 maps.append(pd.DataFrame({**where, "space": method, "utt_id": clips["utt_id"],
                                           "speaker": clips["speaker"], "label": clips["class"],
-                                          "x": embedding.coordinates[:, 0], "y": embedding.coordinates[:, 1]}))
+                                          "x": x, "y": y}))
     table = pd.DataFrame(rows, columns=["rank", "block", "module", "space", "statistic", "value", "knn_cv"])
     table["clips"] = n
     return table, pd.concat(maps, ignore_index=True)
@@ -410,7 +420,8 @@ def class_colours(classes: list[str]) -> dict[str, object]:
     return {name: PAPER_COLOURS.get(name[:3].lower()) or next(spare) for name in classes}
 
 
-def embedding_figure(table: pd.DataFrame, coordinates: pd.DataFrame, method: str, classes: list[str], title: str):
+def embedding_figure(table: pd.DataFrame, coordinates: pd.DataFrame, method: str, classes: list[str],
+                     title: str):
     """The paper's grid for one method: rows ranks, columns blocks, each clip a point coloured by
     its true class; each panel's title has its silhouettes and kNN UAR."""
     import matplotlib
@@ -420,10 +431,10 @@ def embedding_figure(table: pd.DataFrame, coordinates: pd.DataFrame, method: str
     from matplotlib.lines import Line2D
 
     ranks, blocks = sorted(coordinates["rank"].unique()), sorted(coordinates["block"].unique())
-    figure, axes = plt.subplots(len(ranks), len(blocks), figsize=(2.7 * len(blocks) + 1.2, 2.6 * len(ranks) + 0.9),
-                                squeeze=False)
+    size = (2.7 * len(blocks) + 1.2, 2.6 * len(ranks) + 0.9)
+    figure, axes = plt.subplots(len(ranks), len(blocks), figsize=size, squeeze=False)
     colours = class_colours(classes)
-    values = table.set_index(["rank", "block", "space", "statistic"])["value"]
+    values = table.set_index(["rank", "block", "space", "statistic"])["value"].sort_index()
     axis_name = {"tsne": "t-SNE", "pca": "PC"}[method]
     for i, rank in enumerate(ranks):
         for j, block in enumerate(blocks):
@@ -433,9 +444,10 @@ def embedding_figure(table: pd.DataFrame, coordinates: pd.DataFrame, method: str
             for name in classes:
                 chosen = points[points["label"] == name]
                 axis.scatter(chosen["x"], chosen["y"], s=9, alpha=0.8, color=colours[name], linewidths=0)
-            axis.set_title(f"r={rank}, block {block}\nsilhouette {values[rank, block, 'features', 'silhouette_features']:.2f}"
+            features = values[rank, block, "features"]
+            axis.set_title(f"r={rank}, block {block}\nsilhouette {features['silhouette_features']:.2f}"
                            f" (map {values[rank, block, method, 'silhouette_map']:.2f})\n"
-                           f"kNN UAR {values[rank, block, 'features', 'knn_uar']:.2f}", fontsize=8)
+                           f"kNN UAR {features['knn_uar']:.2f}", fontsize=8)
             axis.tick_params(labelsize=6)
             if method == "pca":
                 pc1 = values[rank, block, "pca", "explained_variance_pc1"]
@@ -446,7 +458,8 @@ def embedding_figure(table: pd.DataFrame, coordinates: pd.DataFrame, method: str
                 axis.set_xlabel(f"{axis_name} 1", fontsize=7)
                 axis.set_ylabel(f"{axis_name} 2", fontsize=7)
     handles = [Line2D([], [], marker="o", linestyle="", color=colours[name], label=name) for name in classes]
-    figure.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, title="true class")
+    figure.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+                  title="true class")
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return figure
@@ -459,15 +472,17 @@ def group_columns(group: dict) -> dict:
 def with_group_columns(table: pd.DataFrame, group: dict) -> pd.DataFrame:
     """``table`` with the group's id and wildcards as leading columns."""
     fields = group_columns(group)
-    return pd.concat([pd.DataFrame({k: [v] * len(table) for k, v in fields.items()}), table.reset_index(drop=True)],
-                     axis=1)
+    leading = pd.DataFrame({k: [v] * len(table) for k, v in fields.items()})
+    return pd.concat([leading, table.reset_index(drop=True)], axis=1)
 
 
-def figure_title(method: str, module: str, table: pd.DataFrame, settings: dict, legacy: bool, group_id: str) -> str:
+def figure_title(method: str, module: str, table: pd.DataFrame, settings: dict, legacy: bool,
+                 group_id: str) -> str:
     name = {"tsne": "t-SNE", "pca": "PCA"}[method]
     features = ("flattened 30-s windows, standardized (legacy)" if legacy else "mean over each clip's frames")
     knn_cv = table["knn_cv"].dropna().iloc[0]
-    return (f"{name} of the LoRA A outputs U = A·x of {module}, {features}, {int(table['clips'].iloc[0])} test clips\n"
+    clips = int(table["clips"].iloc[0])
+    return (f"{name} of the LoRA A outputs U = A·x of {module}, {features}, {clips} test clips\n"
             f"panels: silhouette by true class on the features (on the map); "
             f"kNN UAR (k={settings['knn_neighbors']}, {knn_cv})\n{group_id}")
 
@@ -478,7 +493,8 @@ def parse_acts(values: list[str]) -> dict[int, str]:
     for value in values:
         rank, sep, path = value.partition("=")
         if not sep or not path or not rank.strip().isdigit():
-            raise InputError(f"--acts {value!r}: expected RANK=PATH, e.g. 8=results/acts/.../r8/.../acts.zarr")
+            raise InputError(f"--acts {value!r}: expected RANK=PATH, "
+                             "e.g. 8=results/acts/.../r8/.../acts.zarr")
         if int(rank) in acts:
             raise InputError(f"--acts: rank {int(rank)} is given twice ({acts[int(rank)]} and {path})")
         acts[int(rank)] = path
@@ -494,8 +510,8 @@ def embeddings_parser():
         parser.add_argument(f"--{name}", required=True, type=int if name in ("seed", "fold") else str)
     parser.add_argument("--acts", required=True, action="append", metavar="RANK=ACTS.zarr",
                         help="a run's acts.zarr and its rank; once per rank of the group")
-    parser.add_argument("--out", required=True,
-                        help=OUT_HELP + "; the PCA figure as <stem>.pca.png/.svg, the coordinates as <stem>.coords.parquet")
+    parser.add_argument("--out", required=True, help=OUT_HELP + "; the PCA figure as <stem>.pca.png/.svg, "
+                        "the coordinates as <stem>.coords.parquet")
     return parser
 
 
@@ -510,15 +526,16 @@ def main(argv: list[str] | None = None) -> None:
     group_id = GROUP_PATTERN.format(**group)
     acts = parse_acts(args.acts)
     settings = embedding_settings(resolve_spec(args, lambda config: config["analyses"].get("embeddings", {})))
-    stores = {rank: CaptureStore(path, kind="acts", run=Run(rank=rank, **group).id) for rank, path in acts.items()}
+    stores = {rank: CaptureStore(path, kind="acts", run=Run(rank=rank, **group).id)
+              for rank, path in acts.items()}
     table, coordinates = group_embeddings(stores, settings["module"], settings)
     legacy = bool(stores[min(stores)].attrs["legacy"])
     module = table["module"].iloc[0]
     figures = {method: embedding_figure(table, coordinates, method, stores[min(stores)].classes,
                                         figure_title(method, module, table, settings, legacy, group_id))
                for method in METHODS}  # before anything is written: a failing figure leaves no output
-    record = provenance("embeddings", settings, group=group_id, acts={str(r): p for r, p in sorted(acts.items())},
-                        module=module)
+    record = provenance("embeddings", settings, group=group_id, module=module,
+                        acts={str(rank): path for rank, path in sorted(acts.items())})
     out = Path(args.out)
     write_analysis(with_group_columns(table, group), out, record)
     write_analysis(with_group_columns(coordinates, group), out.with_suffix(".coords.parquet"), record)
