@@ -18,9 +18,10 @@ alphabetically first adapted module):
   settings, ``random_state`` = ``seed``, other defaults; the defaults 30/1000/42 are the paper's)
   and PCA (2 components; centred, not scaled; with each component's explained-variance ratio).
   t-SNE needs perplexity < clips: a smaller split gets perplexity clips − 2, logged and reported.
-  With scikit-learn's default PCA initialisation the seed enters t-SNE only through the
-  randomized SVD that PCA uses on large inputs (the paper's 507 × 1,500·r); on small inputs
-  (pooled features) the map is the same whatever the seed. Either way a seed gives one map.
+  With scikit-learn's default PCA initialisation the seed enters t-SNE only where scikit-learn
+  picks the randomized PCA solver for the start (larger inputs, such as the paper's 507 ×
+  1,500·r windows); elsewhere (e.g. a few hundred clips of pooled rank-8 features) the map is the
+  same whatever the seed. Either way one seed gives one map, run after run.
 * cluster quality, by true emotion class: the silhouette score (Euclidean; scikit-learn) on the
   features themselves and on each 2-D map, and the accuracy and UAR of a k-nearest-neighbour
   vote (Euclidean, k = ``knn_neighbors``, ties in distance to the lower clip index, ties in the
