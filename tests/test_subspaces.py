@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 from test_weight_spectra import random_factors, write_adapter
 
+from workflow_scripts.runs import Run
+
 from workflow_scripts.analyses.subspaces import (
     chance_mean_cos2,
     group_subspaces,
     main,
     pair_label,
     principal_angles,
-    run_from_id,
     subspace_similarity,
 )
 from workflow_scripts.errors import InputError
@@ -226,7 +227,7 @@ def test_group_checks(group_runs, tmp_path):
 
 
 def test_run_ids_and_pair_labels():
-    run = run_from_id(run_id(8, 1, 3))
+    run = Run.from_id(run_id(8, 1, 3))
     assert (run.rank, run.seed, run.fold, run.targets, run.id) == (8, 1, 3, "q_proj+v_proj", run_id(8, 1, 3))
     assert pair_label(run_id(4, 0, 1), run_id(4, 0, 2)) == "fold1 vs fold2"
     assert pair_label(run_id(8, 0, 1), run_id(16, 1, 1)) == "r8 seed0 vs r16 seed1"

@@ -11,6 +11,7 @@ Methods without LoRA (``frozen``, ``full``) have no targets or rank; their id sa
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import asdict, dataclass
 
 from workflow_scripts.errors import InputError
@@ -24,6 +25,10 @@ WHISPER_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2
 
 #: The path pattern of a run; its fields are the Snakemake wildcards of every per-run rule.
 RUN_PATTERN = "{dataset}/{protocol}/{model}/{method}/{targets}/r{rank}/seed{seed}/fold{fold}"
+RUN_ID = re.compile(
+    r"^(?P<dataset>[^/]+)/(?P<protocol>[^/]+)/(?P<model>[^/]+)/(?P<method>[^/]+)/(?P<targets>[^/]+)"
+    r"/r(?P<rank>\d+)/seed(?P<seed>\d+)/fold(?P<fold>\d+)$"
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,15 @@ class Run:
     @property
     def target_modules(self) -> list[str]:
         return [] if self.targets == NO_TARGETS else self.targets.split("+")
+
+    @classmethod
+    def from_id(cls, run_id: str) -> "Run":
+        """The run whose id is ``run_id`` (``dataset/protocol/model/method/targets/rR/seedS/foldF``)."""
+        match = RUN_ID.match(run_id)
+        if match is None:
+            raise InputError(f"{run_id!r} is not a run id like "
+                             "'demo/loso_speaker/whisper-base/lora/q_proj+v_proj/r8/seed0/fold1'")
+        return cls.from_wildcards(match.groupdict())
 
     @classmethod
     def from_wildcards(cls, wildcards) -> "Run":

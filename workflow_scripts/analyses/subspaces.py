@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +53,6 @@ GROUP_FIELDS = ("dataset", "protocol", "model", "method", "targets")
 VARYING_FIELDS = ("rank", "seed", "fold")
 # How a differing wildcard is written in a pair's label ("r8", "seed0", "fold1", as in run ids).
 FIELD_PREFIX = {"rank": "r", "seed": "seed", "fold": "fold"}
-RUN_ID = re.compile(
-    r"^(?P<dataset>[^/]+)/(?P<protocol>[^/]+)/(?P<model>[^/]+)/(?P<method>[^/]+)/(?P<targets>[^/]+)"
-    r"/r(?P<rank>\d+)/seed(?P<seed>\d+)/fold(?P<fold>\d+)$"
-)
 ORTHONORMAL_TOLERANCE = 1e-8
 
 
@@ -115,15 +110,6 @@ def subspace_similarity(basis_1: np.ndarray, basis_2: np.ndarray) -> dict:
 # A comparison group of runs
 
 
-def run_from_id(run_id: str) -> Run:
-    """The :class:`Run` whose id is ``run_id`` (``dataset/protocol/model/method/targets/rR/seedS/foldF``)."""
-    match = RUN_ID.match(run_id)
-    if match is None:
-        raise InputError(f"{run_id!r} is not a run id like "
-                         "'demo/loso_speaker/whisper-base/lora/q_proj+v_proj/r8/seed0/fold1'")
-    return Run.from_wildcards(match.groupdict())
-
-
 def differing_fields(run_1: Run, run_2: Run) -> list[str]:
     """The wildcards (rank, seed, fold) in which two runs of a group differ."""
     return [name for name in VARYING_FIELDS if getattr(run_1, name) != getattr(run_2, name)]
@@ -158,7 +144,7 @@ def group_subspaces(runs: dict[str, str | Path]) -> pd.DataFrame:
     if len(runs) < 2:
         raise InputError(f"a comparison group needs two runs to compare, got {len(runs)} "
                          f"({', '.join(runs) or 'none'}); give every run of the group")
-    parsed = {run_id: run_from_id(run_id) for run_id in runs}
+    parsed = {run_id: Run.from_id(run_id) for run_id in runs}
     group = comparison_group(list(parsed.values()))
     bases = {}
     for run_id in sorted(runs):
@@ -196,7 +182,7 @@ def group_subspaces(runs: dict[str, str | Path]) -> pd.DataFrame:
 def pair_label(run_1: str, run_2: str) -> str:
     """A pair of runs named by the wildcards that differ, e.g. ``fold1 vs fold2`` or
     ``r8 seed0 vs r16 seed1``."""
-    first, second = run_from_id(run_1), run_from_id(run_2)
+    first, second = Run.from_id(run_1), Run.from_id(run_2)
     fields = differing_fields(first, second)
 
     def name(run: Run) -> str:
