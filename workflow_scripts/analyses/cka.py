@@ -97,7 +97,10 @@ PAPER_SERIES = {
 def _samples(x) -> np.ndarray:
     """``x`` as float64 ``[n, features]`` (each sample flattened)."""
     x = np.asarray(x, dtype=np.float64)
-    return x.reshape(len(x), -1)
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
+
+
+_rows = _samples
 
 
 def degenerate(x) -> str:
@@ -363,7 +366,7 @@ class FrameMoments:
         """Add rows: one block ``[rows, width_m]`` per set, the same rows in each. Returns the
         shifted rows concatenated (float64) and each set's row norms ``[rows, k]``, for
         :class:`CrossMoments`."""
-        z = np.concatenate([np.asarray(b, dtype=np.float64).reshape(len(b), -1) for b in blocks], axis=1)
+        z = np.concatenate([_rows(b) for b in blocks], axis=1)
         if z.shape[1] != self.edges[-1]:
             raise ValueError(f"blocks of {z.shape[1]} columns, the sets have {int(self.edges[-1])}")
         if len(z) == 0:
