@@ -21,6 +21,7 @@ from workflow_scripts.analyses.cka import (
     cka_matrix,
     cka_settings,
     degenerate,
+    frame_cka_matrix,
     frame_pair,
     gradient_pairings,
     hsic_biased,
@@ -505,3 +506,17 @@ def test_the_entry_point_writes_both_tables_and_figures(grads, acts, tmp_path):
         main(["--grads", str(grads["trained"]), "--reference", str(grads["lora_init"]), "--spec", spec,
               "--out", str(tmp_path / "no.parquet"), *run_args()])
     assert not (tmp_path / "no.parquet").exists()
+
+
+def test_the_streamed_frame_level_matrix_equals_the_pairs():
+    rng = np.random.default_rng(8)
+    base = rng.normal(size=(3000, 4)) + 2
+    arrays = [base @ rng.normal(size=(4, 3)) + rng.normal(size=(3000, 3)) for _ in range(3)]
+    arrays.append(np.zeros((3000, 2), dtype=np.float32))
+    result = frame_cka_matrix([a.astype(np.float32) for a in arrays])
+    for estimator in ESTIMATORS:
+        for i in range(3):
+            for j in range(3):
+                expected = cka(arrays[i].astype(np.float32), arrays[j].astype(np.float32), "linear", estimator)
+                assert result[estimator][i, j] == pytest.approx(expected, abs=1e-9)
+        assert np.isnan(result[estimator][3]).all()

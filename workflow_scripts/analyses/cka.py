@@ -305,13 +305,36 @@ def cka_matrix(xs: list, ys: list, kernel: str = "linear", estimator: str = "bia
                permutation_count: int = 0, seed: int = 0) -> CKAMatrix:
     """CKA of every array of ``xs`` against every array of ``ys`` (the same n samples each), one
     Gram matrix per array, with a permutation null of ``permutation_count`` shuffles of Y's rows."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel {kernel!r}: choose from {list(KERNELS)}")
+    view = (kernel, float("nan") if kernel == "linear" else float(multiple))
+    shuffles = permutations(len(xs[0]), permutation_count, seed)
+    return next(iter(layer_matrices(xs, ys, [view], [estimator], shuffles).values()))
+
+
+def layer_matrices(xs: list, ys: list, views: list[tuple[str, float]], estimators: list[str],
+                   shuffles: list[np.ndarray] = ()) -> dict[tuple, CKAMatrix]:
+    """``cka_matrix`` for several kernels and estimators at once, ``{(kernel, rbf_multiple,
+    estimator): CKAMatrix}``: one linear Gram matrix per array (of the column-centred data), every
+    RBF kernel a function of its distances, each centred once per estimator."""
     n = len(xs[0])
     if any(len(x) != n for x in [*xs, *ys]):
-        raise ValueError("cka_matrix needs the same samples in every array")
+        raise ValueError("CKA matrices need the same samples in every array")
     notes_x, notes_y = [degenerate(x) for x in xs], [degenerate(y) for y in ys]
-    ks = [gram(x, kernel, multiple) for x in xs]
-    ls = [gram(y, kernel, multiple) for y in ys]
-    return cka_matrix_from_grams(ks, ls, estimator, permutations(n, permutation_count, seed), notes_x, notes_y)
+    linear_x = [gram(x) for x in xs]
+    linear_y = [gram(y) for y in ys]
+    distances = None
+    results = {}
+    for kernel, multiple in views:
+        if kernel == "linear":
+            ks, ls = linear_x, linear_y
+        else:
+            distances = distances or ([squared_distances(k) for k in linear_x], [squared_distances(k) for k in linear_y])
+            ks = [np.ones_like(d) if note else rbf_from_distances(d, multiple) for d, note in zip(distances[0], notes_x)]
+            ls = [np.ones_like(d) if note else rbf_from_distances(d, multiple) for d, note in zip(distances[1], notes_y)]
+        for estimator in estimators:
+            results[kernel, multiple, estimator] = cka_matrix_from_grams(ks, ls, estimator, shuffles, notes_x, notes_y)
+    return results
 
 
 # --- the feature-space form, streamed -----------------------------------------------------------
@@ -461,6 +484,25 @@ class StreamingLinearCKA:
 
     def result(self, estimator: str = "biased") -> float:
         return self.cross.cka(self.x, self.y, estimator)
+
+
+def frame_cka_matrix(arrays: list, estimators: list[str] = ("biased", "debiased")) -> dict[str, np.ndarray]:
+    """Linear CKA with frames as samples between every pair of ``arrays`` (the same rows each:
+    Zarr or numpy ``[frames, width]``), streamed in row blocks: a pass for the column means, one
+    for the joint moments. ``{estimator: [len(arrays), len(arrays)]}``."""
+    widths = [int(np.prod(a.shape[1:])) for a in arrays]
+    rows = rows_per_block(sum(widths))
+    total = arrays[0].shape[0]
+    means = []
+    for array in arrays:
+        sums = np.zeros(int(np.prod(array.shape[1:])))
+        for _, block in row_blocks(array, rows):
+            sums += block.sum(0)
+        means.append(sums / max(total, 1))
+    moments = FrameMoments(widths, means)
+    for start in range(0, total, rows):
+        moments.update(*(np.asarray(a[start : start + rows]) for a in arrays))
+    return {estimator: moments.cka_matrix(estimator) for estimator in estimators}
 
 
 # --- the original's function (legacy) -----------------------------------------------------------
@@ -664,26 +706,15 @@ def frame_pair(x: Side, y: Side, shuffles: list[np.ndarray], estimators: list[st
 def utterance_pair(x: Side, y: Side, views: list[tuple[str, float]], estimators: list[str],
                    shuffles: list[np.ndarray]) -> list[dict]:
     """Gram-form CKA of the clips' mean frames for every kernel view and estimator."""
-    rows = []
     note = level_note((x, y), (x.clip_note, y.clip_note))
-    grams = {}
-    if not note:
-        linear_x, linear_y = (linear_gram(s.clip_means - s.clip_means.mean(0)) for s in (x, y))
-        distances = (squared_distances(linear_x), squared_distances(linear_y))
-        for kernel, multiple in views:
-            grams[kernel, multiple] = ((linear_x, linear_y) if kernel == "linear" else
-                                       tuple(rbf_from_distances(d, multiple) for d in distances))
-    for kernel, multiple in views:
-        for estimator in estimators:
-            if note:
-                value, null_mean, null_p95 = np.nan, np.nan, np.nan
-            else:
-                k, l = grams[kernel, multiple]
-                result = cka_matrix_from_grams([k], [l], estimator, shuffles)
-                value, null_mean, null_p95 = result.values[0, 0], result.null_mean[0, 0], result.null_p95[0, 0]
-            rows.append({"kernel": kernel, "rbf_multiple": multiple, "estimator": estimator, "value": value,
-                         "null_mean": null_mean, "null_p95": null_p95, "note": note})
-    return rows
+    if note:
+        return [{"kernel": kernel, "rbf_multiple": multiple, "estimator": estimator, "value": np.nan,
+                 "null_mean": np.nan, "null_p95": np.nan, "note": note}
+                for kernel, multiple in views for estimator in estimators]
+    results = layer_matrices([x.clip_means], [y.clip_means], views, estimators, shuffles)
+    return [{"kernel": kernel, "rbf_multiple": multiple, "estimator": estimator, "value": result.values[0, 0],
+             "null_mean": result.null_mean[0, 0], "null_p95": result.null_p95[0, 0], "note": note}
+            for (kernel, multiple, estimator), result in results.items()]
 
 
 def flattened_grams(side: Side, kernels: list[str], clips: int) -> tuple[dict[str, np.ndarray], str]:
@@ -855,31 +886,19 @@ def layer_cka(store_a, store_b, split: str, settings: dict) -> pd.DataFrame:
         raise InputError(f"{store_a.path}: {n} {split!r} clips; debiased HSIC needs at least 4")
     xs = [resid_a[:, layer] for layer in range(resid_a.shape[1])]
     ys = [resid_b[:, layer] for layer in range(resid_b.shape[1])]
-    notes_x, notes_y = [degenerate(x) for x in xs], [degenerate(y) for y in ys]
-    # One linear Gram matrix per layer; the RBF kernels are functions of its distances.
-    linear_x = [linear_gram(x - x.mean(0)) for x in xs]
-    linear_y = [linear_gram(y - y.mean(0)) for y in ys]
-    distances_x = [squared_distances(k) for k in linear_x]
-    distances_y = [squared_distances(k) for k in linear_y]
     shuffles = permutations(n, settings["permutations"], settings["seed"])
     frames = []
-    for kernel, multiple in kernel_views(settings):
-        if kernel == "linear":
-            ks, ls = linear_x, linear_y
-        else:
-            ks = [rbf_from_distances(d, multiple) for d in distances_x]
-            ls = [rbf_from_distances(d, multiple) for d in distances_y]
-        for estimator in settings["estimators"]:
-            result = cka_matrix_from_grams(ks, ls, estimator, shuffles, notes_x, notes_y)
-            a, b = np.meshgrid(np.arange(len(xs)), np.arange(len(ys)), indexing="ij")
-            notes = np.array([[("; ".join(f"{note}: {side} layer {i}" for note, side, i in
-                                          ((notes_x[i], "A", i), (notes_y[j], "B", j)) if note))
-                               for j in range(len(ys))] for i in range(len(xs))], dtype=object)
-            frames.append(pd.DataFrame({
-                "layer_a": a.ravel(), "layer_b": b.ravel(), "kernel": kernel, "rbf_multiple": multiple,
-                "estimator": estimator, "value": result.values.ravel(), "null_mean": result.null_mean.ravel(),
-                "null_p95": result.null_p95.ravel(), "permutations": result.permutations, "n": n,
-                "other_run": store_b.attrs.get("run", str(store_b.path)), "note": notes.ravel()}))
+    for (kernel, multiple, estimator), result in layer_matrices(xs, ys, kernel_views(settings),
+                                                                settings["estimators"], shuffles).items():
+        a, b = np.meshgrid(np.arange(len(xs)), np.arange(len(ys)), indexing="ij")
+        notes = np.array([["; ".join(f"{note}: {side} layer {layer}" for note, side, layer in
+                                     ((result.notes_x[i], "A", i), (result.notes_y[j], "B", j)) if note)
+                           for j in range(len(ys))] for i in range(len(xs))], dtype=object)
+        frames.append(pd.DataFrame({
+            "layer_a": a.ravel(), "layer_b": b.ravel(), "kernel": kernel, "rbf_multiple": multiple,
+            "estimator": estimator, "value": result.values.ravel(), "null_mean": result.null_mean.ravel(),
+            "null_p95": result.null_p95.ravel(), "permutations": result.permutations, "n": n,
+            "other_run": store_b.attrs.get("run", str(store_b.path)), "note": notes.ravel()}))
     return order_columns(pd.concat(frames, ignore_index=True), LAYER_COLUMNS)
 
 
