@@ -258,10 +258,10 @@ def test_the_streamed_frame_level_null_equals_the_gram_form_of_the_shuffled_rows
 def test_cross_moments_of_a_permutation_only_change_the_pairing_terms():
     x, y = related(n=25, p=4, q=3)
     mx, my = FrameMoments([4], [x.mean(0)]), FrameMoments([3], [y.mean(0)])
-    (xs, a), (ys, b) = mx.update(x), my.update(y)
+    xa, yb = mx.update(x), my.update(y)
     order = permutations(25, 1, 0)[0]
     cross = CrossMoments(4, 3)
-    cross.update(xs, a[:, 0], ys[order], b[order, 0])
+    cross.update(xa[:, :4], xa[:, 4], yb[order, :3], yb[order, 3])
     for estimator in ESTIMATORS:
         assert cross.cka(mx, my, estimator) == pytest.approx(cka(x, y[order], "linear", estimator), abs=1e-12)
 
@@ -520,3 +520,23 @@ def test_the_streamed_frame_level_matrix_equals_the_pairs():
                 expected = cka(arrays[i].astype(np.float32), arrays[j].astype(np.float32), "linear", estimator)
                 assert result[estimator][i, j] == pytest.approx(expected, abs=1e-9)
         assert np.isnan(result[estimator][3]).all()
+
+
+@pytest.mark.parametrize("n", [4, 5, 7, 10])
+def test_the_median_from_the_triangle_is_numpy_s_median_of_the_whole_matrix(n):
+    rng = np.random.default_rng(n)
+    for points in (rng.normal(size=(n, 3)), np.repeat(rng.normal(size=(2, 3)), [n - 1, 1], axis=0)):
+        distances = ((points[:, None] - points[None]) ** 2).sum(-1)
+        median = np.median(distances)
+        expected = median if median > 0 else np.median(distances[distances > 0])
+        assert rbf_bandwidth(distances, 1.0) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_the_vectorised_hsic_matrix_is_the_pairwise_formula(estimator):
+    rng = np.random.default_rng(6)
+    sets = [rng.normal(size=(40, w)) + rng.normal() for w in (3, 5, 2)]
+    moments = FrameMoments([3, 5, 2], [s.mean(0) + 0.3 for s in sets])  # a shift that is not the mean
+    moments.update(*sets)
+    pairwise = np.array([[moments.hsic(l, m, estimator) for m in range(3)] for l in range(3)])
+    np.testing.assert_allclose(moments.hsic_matrix(estimator), pairwise, rtol=1e-10, atol=1e-12)

@@ -53,6 +53,7 @@ shaded, and layer × layer heatmaps with the null's p95 in each title.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -103,14 +104,29 @@ def _samples(x) -> np.ndarray:
 _rows = _samples
 
 
+def _norm(x: np.ndarray) -> float:
+    """Frobenius norm (an einsum: BLAS's threaded level-1 calls stall on a busy machine)."""
+    return float(np.sqrt(np.einsum("ij,ij->", x, x))) if x.ndim == 2 else float(np.sqrt(np.einsum("i,i->", x, x)))
+
+
+def centred_samples(x) -> tuple[np.ndarray, str]:
+    """``x`` as float64 ``[n, features]`` with its column means removed, and why CKA against it
+    is undefined: "all zero", "constant" (every row the same, up to rounding) or "" (defined)."""
+    x = np.asarray(x)
+    centred = np.array(x, dtype=np.float64).reshape(x.shape[0], int(np.prod(x.shape[1:])))  # a copy
+    if not np.any(centred):
+        return centred, "all zero"
+    mean = centred.mean(0)
+    centred -= mean
+    spread = _norm(centred) ** 2
+    raw = spread + len(centred) * float(np.einsum("i,i->", mean, mean))  # ‖X‖² = ‖X − 1μᵀ‖² + n‖μ‖²
+    return centred, "constant" if spread <= ZERO_VARIANCE_RTOL**2 * raw else ""
+
+
 def degenerate(x) -> str:
     """Why CKA against ``x [n, ...]`` is undefined: "all zero", "constant" (every row the same,
     up to rounding) or "" (it is defined)."""
-    x = _samples(x)
-    if not np.any(x):
-        return "all zero"
-    centred = np.linalg.norm(x - x.mean(0))
-    return "constant" if centred <= ZERO_VARIANCE_RTOL * np.linalg.norm(x) else ""
+    return centred_samples(x)[1]
 
 
 def linear_gram(x) -> np.ndarray:
@@ -129,15 +145,36 @@ def squared_distances(gram: np.ndarray) -> np.ndarray:
 
 
 def rbf_bandwidth(distances: np.ndarray, multiple: float = 1.0) -> float | None:
-    """σ² = multiple² · median of the squared distances, the zero diagonal included (Kornblith's
-    convention); the median of the non-zero ones if that is 0; None if every distance is 0."""
-    median = float(np.median(distances))
+    """σ² = multiple² · median of the squared distances (a symmetric matrix, zero diagonal), the
+    zero diagonal included (Kornblith's convention); the median of the non-zero ones if that is
+    0; None if every distance is 0."""
+    n = len(distances)
+    upper = distances[_upper_triangle(n)]
+    median = _median_with_zero_diagonal(upper, n)
     if median == 0:
-        positive = distances[distances > 0]
+        positive = upper[upper > 0]  # each off-diagonal distance twice: the same median
         if positive.size == 0:
             return None
         median = float(np.median(positive))
     return multiple**2 * median
+
+
+@functools.lru_cache(maxsize=4)
+def _upper_triangle(n: int) -> np.ndarray:
+    """A mask of the strict upper triangle of an n × n matrix (the same n for every layer)."""
+    return np.triu(np.ones((n, n), dtype=bool), 1)
+
+
+def _median_with_zero_diagonal(upper: np.ndarray, n: int) -> float:
+    """``np.median`` of the symmetric n × n matrix with a zero diagonal whose upper triangle is
+    ``upper``, from the triangle alone: sorted, the n² entries are the n diagonal zeros, then
+    each off-diagonal value twice, so entry i ≥ n is sorted(upper)[(i − n) // 2]."""
+    total = n * n
+    middle = [total // 2] if total % 2 else [total // 2 - 1, total // 2]
+    ranks = sorted({(i - n) // 2 for i in middle if i >= n})
+    ordered = np.partition(upper, ranks) if ranks else upper
+    values = [0.0 if i < n else float(ordered[(i - n) // 2]) for i in middle]
+    return sum(values) / len(values)
 
 
 def rbf_from_distances(distances: np.ndarray, multiple: float = 1.0) -> np.ndarray:
@@ -146,7 +183,8 @@ def rbf_from_distances(distances: np.ndarray, multiple: float = 1.0) -> np.ndarr
     sigma2 = rbf_bandwidth(distances, multiple)
     if sigma2 is None:
         return np.ones_like(distances)
-    return np.exp(-distances / (2 * sigma2))
+    kernel = distances * (-1 / (2 * sigma2))
+    return np.exp(kernel, out=kernel)
 
 
 def rbf_gram(x, multiple: float = 1.0) -> np.ndarray:
@@ -155,16 +193,20 @@ def rbf_gram(x, multiple: float = 1.0) -> np.ndarray:
     non-zero distances if that is 0). When every row is the same (no distance, or only rounding
     noise below ``ZERO_VARIANCE_RTOL`` of the data's scale) the kernel is all ones: no bandwidth is
     divided by, and CKA against it is NaN."""
-    x = _samples(x)
-    if degenerate(x):
-        return np.ones((len(x), len(x)))
-    return rbf_from_distances(squared_distances(linear_gram(x - x.mean(0))), multiple)
+    centred, note = centred_samples(x)
+    if note:
+        return np.ones((len(centred), len(centred)))
+    return rbf_from_distances(squared_distances(centred @ centred.T), multiple)
 
 
 def center_gram(k: np.ndarray) -> np.ndarray:
     """HKH, H = I − 11ᵀ/n (row, column and grand means removed)."""
     k = np.asarray(k, dtype=np.float64)
-    return k - k.mean(0, keepdims=True) - k.mean(1, keepdims=True) + k.mean()
+    column_means, row_means = k.mean(0), k.mean(1)
+    centred = k - column_means
+    centred -= row_means[:, None]
+    centred += column_means.mean()
+    return centred
 
 
 def u_center(k: np.ndarray) -> np.ndarray:
@@ -205,8 +247,8 @@ def _centred(k: np.ndarray, estimator: str) -> np.ndarray:
 
 def _flat_gram(k: np.ndarray, centred: np.ndarray) -> bool:
     """Whether a centred Gram matrix is zero up to rounding (a side without variance)."""
-    scale = np.linalg.norm(k)
-    return scale == 0 or np.linalg.norm(centred) <= ZERO_VARIANCE_RTOL * scale
+    scale = _norm(k)
+    return scale == 0 or _norm(centred) <= ZERO_VARIANCE_RTOL * scale
 
 
 def cka_from_grams(k: np.ndarray, l: np.ndarray, estimator: str = "biased") -> float:
@@ -220,9 +262,9 @@ def cka_from_grams(k: np.ndarray, l: np.ndarray, estimator: str = "biased") -> f
 def gram(x, kernel: str = "linear", multiple: float = 1.0) -> np.ndarray:
     """The Gram matrix of ``x`` for ``kernel``; linear on column-centred data (HKH is the same,
     and centring first keeps float64 from cancelling a large mean)."""
-    x = _samples(x)
     if kernel == "linear":
-        return linear_gram(x - x.mean(0))
+        centred, _ = centred_samples(x)
+        return centred @ centred.T
     if kernel == "rbf":
         return rbf_gram(x, multiple)
     raise ValueError(f"kernel {kernel!r}: choose from {list(KERNELS)}")
@@ -284,8 +326,7 @@ def cka_matrix_from_grams(ks: list[np.ndarray], ls: list[np.ndarray], estimator:
     notes_y = list(notes_y) if notes_y is not None else ["" for _ in ls]
     notes_x = [note or ("constant" if _flat_gram(k, c) else "") for note, k, c in zip(notes_x, ks, kc)]
     notes_y = [note or ("constant" if _flat_gram(l, c) else "") for note, l, c in zip(notes_y, ls, lc)]
-    a = np.stack([c.ravel() for c in kc])
-    b = np.stack([c.ravel() for c in lc])
+    a, b = _rows_of(kc), _rows_of(lc)
     norms = np.sqrt(np.outer(np.einsum("ij,ij->i", a, a), np.einsum("ij,ij->i", b, b)))
     undefined = np.array([bool(v) for v in notes_x])[:, None] | np.array([bool(v) for v in notes_y])[None, :]
 
@@ -295,10 +336,18 @@ def cka_matrix_from_grams(ks: list[np.ndarray], ls: list[np.ndarray], estimator:
         result[undefined] = np.nan
         return result
 
-    null = np.stack([values(np.stack([c[np.ix_(p, p)].ravel() for c in lc])) for p in shuffles], -1) \
+    null = np.stack([values(_rows_of([c[np.ix_(p, p)] for c in lc])) for p in shuffles], -1) \
         if len(shuffles) else np.empty((len(ks), len(ls), 0))
     null_mean, null_p95 = null_summary(null)
     return CKAMatrix(values(b), null_mean, null_p95, len(shuffles), n, notes_x, notes_y)
+
+
+def _rows_of(matrices: list[np.ndarray]) -> np.ndarray:
+    """The matrices flattened, one per row of a new ``[len, n²]`` array."""
+    rows = np.empty((len(matrices), matrices[0].size))
+    for row, matrix in zip(rows, matrices):
+        row[:] = matrix.ravel()
+    return rows
 
 
 def cka_matrix(xs: list, ys: list, kernel: str = "linear", estimator: str = "biased", multiple: float = 1.0,
@@ -320,9 +369,11 @@ def layer_matrices(xs: list, ys: list, views: list[tuple[str, float]], estimator
     n = len(xs[0])
     if any(len(x) != n for x in [*xs, *ys]):
         raise ValueError("CKA matrices need the same samples in every array")
-    notes_x, notes_y = [degenerate(x) for x in xs], [degenerate(y) for y in ys]
-    linear_x = [gram(x) for x in xs]
-    linear_y = [gram(y) for y in ys]
+    centred_x, centred_y = [centred_samples(x) for x in xs], [centred_samples(y) for y in ys]
+    notes_x, notes_y = [note for _, note in centred_x], [note for _, note in centred_y]
+    linear_x = [c @ c.T for c, _ in centred_x]
+    linear_y = [c @ c.T for c, _ in centred_y]
+    del centred_x, centred_y
     distances = None
     results = {}
     for kernel, multiple in views:
@@ -353,71 +404,100 @@ def _feature_hsic(n: int, xty: np.ndarray, s_x: np.ndarray, s_y: np.ndarray, sum
     if n < 4:
         raise ValueError(f"debiased HSIC needs at least 4 samples, got {n}")
     trace = float(np.sum(xty * xty)) - sum_ab
-    k_sum = float(s_x @ s_x) - sum_a
-    l_sum = float(s_y @ s_y) - sum_b
+    k_sum = float(np.einsum("i,i->", s_x, s_x)) - sum_a
+    l_sum = float(np.einsum("i,i->", s_y, s_y)) - sum_b
     kl_sum = float(s_x @ xty @ s_y) - float(s_x @ x_by_b) - float(s_y @ y_by_a) + sum_ab
     return (trace + k_sum * l_sum / ((n - 1) * (n - 2)) - 2 * kl_sum / (n - 2)) / (n * (n - 3))
 
 
 class FrameMoments:
     """Streamed feature-space moments of k feature sets over the same rows (frames), each set
-    shifted by a fixed vector (its column means from a first pass, or zero): the joint Gram
-    ZᵀZ of the concatenated sets, column sums, per-set row norms and their products and the
-    row-norm-weighted column sums. Enough for linear CKA (biased and debiased) between any two
-    of the sets, and, with :class:`CrossMoments`, against another stream."""
+    shifted by a fixed vector (its column means from a first pass, or zero). Each row
+    contributes w wᵀ, w = [z, a, 1] (z the shifted sets concatenated, a each set's ‖z‖²), so a
+    batch costs one matrix product; the blocks of Σ w wᵀ are the joint Gram ZᵀZ, the
+    row-norm-weighted column sums Σ a_i z_i, the column sums, Σ a aᵀ, Σ a and n. Enough for
+    linear CKA (biased and debiased) between any two of the sets, and, with
+    :class:`CrossMoments`, against another stream."""
 
     def __init__(self, widths: list[int], shifts: list[np.ndarray] | None = None):
         self.widths = [int(w) for w in widths]
-        self.edges = np.concatenate([[0], np.cumsum(self.widths)])
+        self.edges = np.concatenate([[0], np.cumsum(self.widths)]).astype(int)
         total, k = int(self.edges[-1]), len(self.widths)
         self.shift = (np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in shifts]) if shifts is not None
                       else np.zeros(total))
         if self.shift.shape != (total,):
             raise ValueError(f"shifts of {self.shift.size} columns for sets of {total}")
         self.n = 0
-        self.gram = np.zeros((total, total))
-        self.sums = np.zeros(total)
-        self.norm_sums = np.zeros(k)
-        self.norm_products = np.zeros((k, k))
-        self.weighted = np.zeros((total, k))  # column m: Σ_i a_i^(m) z_i
+        self.moments = np.zeros((total + k + 1, total + k + 1))
         self.raw_squares = np.zeros(k)  # Σ‖x_i‖² before the shift (is a set all zero?)
+
+    # The blocks of Σ w wᵀ, by meaning.
+    @property
+    def gram(self) -> np.ndarray:
+        p = self.edges[-1]
+        return self.moments[:p, :p]
+
+    @property
+    def weighted(self) -> np.ndarray:
+        """Column m: Σ_i a_i^(m) z_i."""
+        p = self.edges[-1]
+        return self.moments[:p, p:-1]
+
+    @property
+    def sums(self) -> np.ndarray:
+        return self.moments[: self.edges[-1], -1]
+
+    @property
+    def norm_products(self) -> np.ndarray:
+        p = self.edges[-1]
+        return self.moments[p:-1, p:-1]
+
+    @property
+    def norm_sums(self) -> np.ndarray:
+        return self.moments[self.edges[-1] : -1, -1]
 
     def _slice(self, index: int) -> slice:
         return slice(int(self.edges[index]), int(self.edges[index + 1]))
 
-    def update(self, *blocks) -> tuple[np.ndarray, np.ndarray]:
+    def update(self, *blocks) -> np.ndarray:
         """Add rows: one block ``[rows, width_m]`` per set, the same rows in each. Returns the
-        shifted rows concatenated (float64) and each set's row norms ``[rows, k]``, for
-        :class:`CrossMoments`."""
-        z = np.concatenate([_rows(b) for b in blocks], axis=1)
-        if z.shape[1] != self.edges[-1]:
-            raise ValueError(f"blocks of {z.shape[1]} columns, the sets have {int(self.edges[-1])}")
-        if len(z) == 0:
-            return z, np.zeros((0, len(self.widths)))
-        self.raw_squares += np.add.reduceat((z * z).sum(0), self.edges[:-1])
+        rows' ``[z, a]`` (the shifted sets concatenated, float64, then each set's row norm), a
+        view, for :class:`CrossMoments`."""
+        blocks = [np.asarray(b) for b in blocks]
+        rows, total, k = blocks[0].shape[0], int(self.edges[-1]), len(self.widths)
+        widths = [int(np.prod(b.shape[1:])) for b in blocks]
+        if widths != self.widths or any(b.shape[0] != rows for b in blocks):
+            raise ValueError(f"blocks of widths {widths} and rows {[b.shape[0] for b in blocks]}; "
+                             f"the sets have widths {self.widths}, the same rows each")
+        w = np.empty((rows, total + k + 1))
+        for index, block in enumerate(blocks):
+            w[:, self._slice(index)] = block.reshape(rows, self.widths[index])
+        z, a = w[:, :total], w[:, total:-1]
+        if rows:
+            self.raw_squares += np.add.reduceat(np.einsum("ij,ij->j", z, z), self.edges[:-1])
         z -= self.shift
-        a = np.add.reduceat(z * z, self.edges[:-1], axis=1)
-        self.n += len(z)
-        self.gram += z.T @ z
-        self.sums += z.sum(0)
-        self.norm_sums += a.sum(0)
-        self.norm_products += a.T @ a
-        self.weighted += z.T @ a
-        return z, a
+        for index in range(k):
+            part = z[:, self._slice(index)]
+            np.einsum("ij,ij->i", part, part, out=a[:, index])
+        w[:, -1] = 1
+        self.n += rows
+        self.moments += w.T @ w
+        return w[:, :-1]
 
     def note(self, index: int = 0) -> str:
         """"all zero", "constant" or "" for set ``index`` (as :func:`degenerate`)."""
         if self.raw_squares[index] == 0:
             return "all zero"
         part = self._slice(index)
-        centred = np.trace(self.gram[part, part]) - self.sums[part] @ self.sums[part] / self.n
+        sums = self.sums[part]
+        centred = np.trace(self.gram[part, part]) - np.einsum("i,i->", sums, sums) / self.n
         return "constant" if centred <= ZERO_VARIANCE_RTOL**2 * self.raw_squares[index] else ""
 
     def hsic(self, l: int, m: int, estimator: str) -> float:
         x, y = self._slice(l), self._slice(m)
+        weighted, norm_sums = self.weighted, self.norm_sums
         return _feature_hsic(self.n, self.gram[x, y], self.sums[x], self.sums[y], self.norm_products[l, m],
-                             self.weighted[x, m], self.weighted[y, l], self.norm_sums[l], self.norm_sums[m],
-                             estimator)
+                             weighted[x, m], weighted[y, l], norm_sums[l], norm_sums[m], estimator)
 
     def cka(self, l: int, m: int, estimator: str = "biased") -> float:
         """Linear CKA between sets ``l`` and ``m``; NaN if either has no variance."""
@@ -425,35 +505,66 @@ class FrameMoments:
             return float("nan")
         return self.hsic(l, m, estimator) / np.sqrt(self.hsic(l, l, estimator) * self.hsic(m, m, estimator))
 
+    def hsic_matrix(self, estimator: str) -> np.ndarray:
+        """HSIC between every pair of the sets at once: :func:`_feature_hsic`'s terms as block
+        sums of the joint moments (``np.add.reduceat`` over the sets' column ranges)."""
+        n, starts = self.n, self.edges[:-1]
+
+        def blocks(matrix: np.ndarray) -> np.ndarray:  # [P, P] -> [k, k] sums over each pair's block
+            return np.add.reduceat(np.add.reduceat(matrix, starts, axis=0), starts, axis=1)
+
+        sums, gram = self.sums, self.gram
+        if estimator == "biased":
+            centred = gram - np.outer(sums, sums) / n
+            return blocks(centred * centred) / (n - 1) ** 2
+        if estimator != "debiased":
+            raise ValueError(f"estimator {estimator!r}: choose from {list(ESTIMATORS)}")
+        if n < 4:
+            raise ValueError(f"debiased HSIC needs at least 4 samples, got {n}")
+        products, norm_sums = self.norm_products, self.norm_sums
+        trace = blocks(gram * gram) - products
+        k_sums = np.add.reduceat(sums * sums, starts) - norm_sums
+        weighted = np.add.reduceat(sums[:, None] * self.weighted, starts, axis=0)  # [l, m]: s_l · Σ a^(m) x^(l)
+        kl_sums = blocks(np.outer(sums, sums) * gram) - weighted - weighted.T + products
+        return (trace + np.outer(k_sums, k_sums) / ((n - 1) * (n - 2)) - 2 * kl_sums / (n - 2)) / (n * (n - 3))
+
     def cka_matrix(self, estimator: str = "biased") -> np.ndarray:
-        """Linear CKA between every pair of the sets."""
-        k = len(self.widths)
-        return np.array([[self.cka(l, m, estimator) for m in range(k)] for l in range(k)])
+        """Linear CKA between every pair of the sets; NaN rows and columns for sets without variance."""
+        hsic = self.hsic_matrix(estimator)
+        own = np.diag(hsic).copy()
+        defined = np.array([not self.note(l) for l in range(len(self.widths))])
+        own[~defined] = np.nan
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return hsic / np.sqrt(np.outer(own, own))
 
 
 class CrossMoments:
     """The moments between a streamed X and a Y that depend on how their rows are paired (XᵀY,
-    Σ a_i b_i, Σ b_i x_i, Σ a_i y_i), for rows shifted as in X's and Y's :class:`FrameMoments`;
-    with those, linear CKA of X and Y. One per permutation for the null."""
+    Σ b_i x_i, Σ a_i y_i, Σ a_i b_i: the blocks of Σ [x, a]ᵀ[y, b]), for rows shifted as in X's
+    and Y's :class:`FrameMoments`; with those, linear CKA of X and Y. One per permutation for
+    the null."""
 
     def __init__(self, width_x: int, width_y: int):
         self.n = 0
-        self.xty = np.zeros((width_x, width_y))
-        self.sum_ab = 0.0
-        self.x_by_b = np.zeros(width_x)
-        self.y_by_a = np.zeros(width_y)
+        self.moments = np.zeros((width_x + 1, width_y + 1))
+
+    @property
+    def xty(self) -> np.ndarray:
+        return self.moments[:-1, :-1]
 
     def update(self, x: np.ndarray, a: np.ndarray, y: np.ndarray, b: np.ndarray) -> None:
         """Shifted rows ``x``, ``y`` (float64) and their row norms ``a``, ``b``."""
-        self.n += len(x)
-        self.xty += x.T @ y
-        self.sum_ab += float(a @ b)
-        self.x_by_b += x.T @ b
-        self.y_by_a += y.T @ a
+        self.update_joined(np.column_stack([x, a]), np.column_stack([y, b]))
+
+    def update_joined(self, xa: np.ndarray, yb: np.ndarray) -> None:
+        """The same from ``[x, a]`` and ``[y, b]`` already side by side (one matrix product)."""
+        self.n += len(xa)
+        self.moments += xa.T @ yb
 
     def hsic(self, mx: FrameMoments, my: FrameMoments, estimator: str) -> float:
-        return _feature_hsic(self.n, self.xty, mx.sums, my.sums, self.sum_ab, self.x_by_b, self.y_by_a,
-                             mx.norm_sums[0], my.norm_sums[0], estimator)
+        m = self.moments
+        return _feature_hsic(self.n, m[:-1, :-1], mx.sums, my.sums, float(m[-1, -1]), m[:-1, -1], m[-1, :-1],
+                             float(mx.norm_sums[0]), float(my.norm_sums[0]), estimator)
 
     def cka(self, mx: FrameMoments, my: FrameMoments, estimator: str = "biased") -> float:
         if self.n != mx.n or self.n != my.n:
@@ -478,9 +589,7 @@ class StreamingLinearCKA:
     def update(self, x, y) -> None:
         if len(x) != len(y):
             raise ValueError(f"a batch needs the same rows of X and Y: {len(x)} and {len(y)}")
-        xs, a = self.x.update(x)
-        ys, b = self.y.update(y)
-        self.cross.update(xs, a[:, 0], ys, b[:, 0])
+        self.cross.update_joined(self.x.update(x), self.y.update(y))
 
     def result(self, estimator: str = "biased") -> float:
         return self.cross.cka(self.x, self.y, estimator)
@@ -494,10 +603,10 @@ def frame_cka_matrix(arrays: list, estimators: list[str] = ("biased", "debiased"
     rows = rows_per_block(sum(widths))
     total = arrays[0].shape[0]
     means = []
-    for array in arrays:
-        sums = np.zeros(int(np.prod(array.shape[1:])))
-        for _, block in row_blocks(array, rows):
-            sums += block.sum(0)
+    for array, width in zip(arrays, widths):
+        sums = np.zeros(width)
+        for start in range(0, total, rows):
+            sums += np.asarray(array[start : start + rows]).reshape(-1, width).sum(0, dtype=np.float64)
         means.append(sums / max(total, 1))
     moments = FrameMoments(widths, means)
     for start in range(0, total, rows):
@@ -683,17 +792,26 @@ def frame_pair(x: Side, y: Side, shuffles: list[np.ndarray], estimators: list[st
     if note:
         return [{**common, "estimator": e, "value": np.nan, "null_mean": np.nan, "null_p95": np.nan}
                 for e in estimators]
-    y_rows = np.asarray(y.array[:], dtype=np.float32).reshape(mx.n, -1)
-    y_norms = np.einsum("ij,ij->i", y_rows - y.mean, y_rows - y.mean, dtype=np.float64)
+    p, q = x.mean.size, y.mean.size
+    y_rows = np.asarray(y.array[:], dtype=np.float32).reshape(mx.n, q)
+    y_norms = np.empty(mx.n)
+    for start in range(0, mx.n, rows_per_block(q)):
+        shifted = y_rows[start : start + rows_per_block(q)] - y.mean
+        y_norms[start : start + len(shifted)] = np.einsum("ij,ij->i", shifted, shifted)
     orders = [None, *shuffles]
-    crosses = [CrossMoments(x.mean.size, y.mean.size) for _ in orders]
-    for start, block in row_blocks(x.array, rows_per_block(x.mean.size + y.mean.size)):
+    crosses = [CrossMoments(p, q) for _ in orders]
+    for start, block in row_blocks(x.array, rows_per_block(p + q)):
         rows = slice(start, start + len(block))
-        shifted = block - x.mean
-        a = np.einsum("ij,ij->i", shifted, shifted)
+        xa = np.empty((len(block), p + 1))  # [x, a]
+        xa[:, :p] = block - x.mean
+        np.einsum("ij,ij->i", xa[:, :p], xa[:, :p], out=xa[:, p])
+        yb = np.empty((len(block), q + 1))  # [y, b], refilled for each order of Y's rows
         for order, cross in zip(orders, crosses):
             index = rows if order is None else order[rows]
-            cross.update(shifted, a, y_rows[index].astype(np.float64) - y.mean, y_norms[index])
+            yb[:, :q] = y_rows[index]
+            yb[:, :q] -= y.mean
+            yb[:, q] = y_norms[index]
+            cross.update_joined(xa, yb)
     rows = []
     for estimator in estimators:
         values = np.array([cross.cka(mx, my, estimator) for cross in crosses])
