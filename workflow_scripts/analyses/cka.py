@@ -138,7 +138,9 @@ def linear_gram(x) -> np.ndarray:
 def squared_distances(gram: np.ndarray) -> np.ndarray:
     """‖x_i − x_j‖² from a linear Gram matrix (clipped at 0, diagonal exactly 0)."""
     diagonal = np.diag(gram)
-    distances = diagonal[:, None] + diagonal[None, :] - 2 * gram
+    distances = gram * -2.0
+    distances += diagonal[:, None]
+    distances += diagonal[None, :]
     np.maximum(distances, 0, out=distances)
     np.fill_diagonal(distances, 0)
     return distances
@@ -177,10 +179,13 @@ def _median_with_zero_diagonal(upper: np.ndarray, n: int) -> float:
     return sum(values) / len(values)
 
 
-def rbf_from_distances(distances: np.ndarray, multiple: float = 1.0) -> np.ndarray:
+def rbf_from_distances(distances: np.ndarray, multiple: float = 1.0, median: float | None = None) -> np.ndarray:
     """The RBF Gram matrix of squared distances at ``multiple`` times the median bandwidth; all
-    ones (a constant kernel, which CKA reports as NaN) when every distance is 0."""
-    sigma2 = rbf_bandwidth(distances, multiple)
+    ones (a constant kernel, which CKA reports as NaN) when every distance is 0. ``median``:
+    ``rbf_bandwidth(distances)``, if known (one per layer serves every multiple)."""
+    if median is None:
+        median = rbf_bandwidth(distances, 1.0)
+    sigma2 = None if median is None else multiple**2 * median
     if sigma2 is None:
         return np.ones_like(distances)
     kernel = distances * (-1 / (2 * sigma2))
@@ -374,15 +379,21 @@ def layer_matrices(xs: list, ys: list, views: list[tuple[str, float]], estimator
     linear_x = [c @ c.T for c, _ in centred_x]
     linear_y = [c @ c.T for c, _ in centred_y]
     del centred_x, centred_y
-    distances = None
+    distances = None  # per side, per array: (squared distances, their median bandwidth), once for every multiple
     results = {}
+
+    def rbf(side: list, notes: list[str], multiple: float) -> list[np.ndarray]:
+        return [np.ones_like(d) if note else rbf_from_distances(d, multiple, median)
+                for (d, median), note in zip(side, notes)]
+
     for kernel, multiple in views:
         if kernel == "linear":
             ks, ls = linear_x, linear_y
         else:
-            distances = distances or ([squared_distances(k) for k in linear_x], [squared_distances(k) for k in linear_y])
-            ks = [np.ones_like(d) if note else rbf_from_distances(d, multiple) for d, note in zip(distances[0], notes_x)]
-            ls = [np.ones_like(d) if note else rbf_from_distances(d, multiple) for d, note in zip(distances[1], notes_y)]
+            if distances is None:
+                distances = [[(d, rbf_bandwidth(d, 1.0)) for d in map(squared_distances, grams)]
+                             for grams in (linear_x, linear_y)]
+            ks, ls = rbf(distances[0], notes_x, multiple), rbf(distances[1], notes_y, multiple)
         for estimator in estimators:
             results[kernel, multiple, estimator] = cka_matrix_from_grams(ks, ls, estimator, shuffles, notes_x, notes_y)
     return results
