@@ -154,6 +154,12 @@ def pooled_workload(inputs: dict, repeats: int) -> dict:
         if kernel == "linear":
             # The same statistic (biased linear CKA): float64 against the original's float32.
             timings[kernel]["max_abs_difference"] = float(np.max(np.abs(ours - paper)))
+            # What loralens cannot go below: its 2L float64 Gram matrices, nothing else.
+            centred = np.asarray(xs[0], dtype=np.float64) - np.asarray(xs[0], dtype=np.float64).mean(0)
+            gram_seconds, _ = fastest(lambda: centred @ centred.T, repeats)
+            floor = (len(xs) + len(ys)) * gram_seconds
+            timings[kernel]["loralens_gram_floor_s"] = floor
+            timings[kernel]["speedup_bound"] = paper_seconds / floor
         else:
             timings[kernel]["note"] = ("loralens: median-heuristic bandwidth; paper: gamma = 1/D; "
                                        "different statistics, same work per pair")
@@ -170,7 +176,8 @@ def pooled_workload(inputs: dict, repeats: int) -> dict:
         return result
     result["loralens_default_settings_s"] = {
         "seconds": default_seconds,
-        "what": "linear + RBF at 0.5, 1, 2 x median, biased + debiased, 20 permutations (8 matrices and their nulls)"}
+        "what": "linear + RBF at 0.5, 1, 2 x median, biased + debiased, 20 permutations "
+                "(8 matrices and their nulls)"}
     return result
 
 
@@ -180,14 +187,16 @@ def frames_workload(inputs: dict, repeats: int) -> dict:
     frames, offsets = inputs["frames"], inputs["offsets"]
     windows = [padded_windows(rows, offsets) for rows in frames]  # before the clock: the paper's inputs
     blocks = len(frames)
-    result = {"clips": len(offsets) - 1, "frames": int(offsets[-1]), "blocks": blocks, "rank": int(frames[0].shape[1]),
+    result = {"clips": len(offsets) - 1, "frames": int(offsets[-1]), "blocks": blocks,
+              "rank": int(frames[0].shape[1]),
               "pairs": blocks * blocks, "paper_features_per_clip": int(windows[0].shape[1]),
               "dtype_in": str(frames[0].dtype)}
     seconds, ours = fastest(lambda: frame_cka_matrix(frames, ["biased", "debiased"]), repeats)
     paper_seconds, _ = fastest(lambda: np.array([[legacy_cka(x, y, "linear") for y in windows] for x in windows]),
                                repeats)
     rbf_seconds, _ = fastest(lambda: np.array([[legacy_cka(x, y, "rbf") for y in windows] for x in windows]), 1)
-    result["timings"] = {"linear": {"loralens_s": seconds, "paper_s": paper_seconds, "speedup": paper_seconds / seconds,
+    result["timings"] = {"linear": {"loralens_s": seconds, "paper_s": paper_seconds,
+                                    "speedup": paper_seconds / seconds,
                                     "note": "loralens: frames as samples, biased and debiased (one pass gives "
                                             "both); paper: flattened 30-s windows, biased"},
                          "paper_rbf_s": rbf_seconds}
@@ -247,7 +256,8 @@ def main() -> None:
             large = large_v2_inputs(args.seed)
             scaling = {"inputs": large["source"], "pooled": pooled_workload(large, 1),
                        "frames": frames_workload(large, 1)}
-            print("large-v2 shapes", json.dumps({k: scaling[k]["timings"] for k in ("pooled", "frames")}), flush=True)
+            print("large-v2 shapes", json.dumps({k: scaling[k]["timings"] for k in ("pooled", "frames")}),
+                  flush=True)
     def speedups(pooled: dict, frames: dict) -> dict:
         return {"pooled residuals, linear": pooled["timings"]["linear"]["speedup"],
                 "pooled residuals, rbf": pooled["timings"]["rbf"]["speedup"],
@@ -256,7 +266,12 @@ def main() -> None:
 
     measured = speedups(pooled, frames)
     summary = {"inputs": inputs["source"], "speedup_loralens_over_paper": measured, "goal": f">= {GOAL}",
-               "met": all(value >= GOAL for value in measured.values())}
+               "met": all(value >= GOAL for value in measured.values()),
+               "pooled_linear_speedup_bound": pooled["timings"]["linear"]["speedup_bound"],
+               "why": "loralens computes each layer's Gram matrix once (2L of them, float64) where the per-pair "
+                      "function computes two per pair (2L², float32) and, for the linear kernel, centres each "
+                      "with n³ products; the saving grows with L. pooled_linear_speedup_bound is the paper's "
+                      "time over loralens' 2L Gram matrices alone."}
     if scaling:
         large = speedups(scaling["pooled"], scaling["frames"])
         summary["at_whisper_large_v2_shapes"] = {"inputs": scaling["inputs"], "speedup_loralens_over_paper": large,

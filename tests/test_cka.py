@@ -327,8 +327,8 @@ def write_store(path, kind, method="lora", seed=0, lengths=(5, 7, 6, 9, 4, 8), l
     ids = [f"{utt_prefix}{i}" for i in range(n)]
     latent = np.random.default_rng(99).normal(size=(n, D_MODEL))  # shared by every store: related layers
     with CaptureStoreWriter(path, shape, attrs) as writer:
-        utterance = {"utterance": np.array(ids, dtype=object), "speaker": np.array(["s"] * n, dtype=object), "split": np.array([split] * n, dtype=object),
-                     "label": np.arange(n) % 4, "prediction": np.arange(n) % 4,
+        utterance = {"utterance": np.array(ids, dtype=object), "speaker": np.array(["s"] * n, dtype=object),
+                     "split": np.array([split] * n, dtype=object), "label": np.arange(n) % 4, "prediction": np.arange(n) % 4,
                      "logits": rng.normal(size=(n, 4)).astype(np.float32), "n_frames": np.array(lengths)}
         if kind == "grads":
             utterance["loss"] = rng.random(n).astype(np.float32)
@@ -395,7 +395,9 @@ def test_gradient_pairings_values_are_the_cka_of_the_stored_arrays(grads):
     assert frame["value"].item() == pytest.approx(cka(u, u_random, "linear", "debiased"), abs=1e-10)
     assert frame["paper_series"].item() == "learned_layer_similarities"
     offsets = trained.frame_offsets
-    means = lambda a: np.stack([a[s:e].astype(np.float64).mean(0) for s, e in zip(offsets[:-1], offsets[1:])])  # noqa: E731
+    def means(rows):
+        return np.stack([rows[s:e].astype(np.float64).mean(0) for s, e in zip(offsets[:-1], offsets[1:])])
+
     utterance = row(block=1, level="utterance", pairing="trained gU ~ trained gV", kernel="rbf", rbf_multiple=2.0,
                     estimator="biased")
     assert utterance["value"].item() == pytest.approx(cka(means(gu), means(gv), "rbf", "biased", 2.0), abs=1e-10)
@@ -411,7 +413,8 @@ def test_lora_init_b_outputs_and_a_gradients_are_reported_all_zero(grads):
     for part in (init, init_within):
         assert len(part) and part["value"].isna().all() and part["null_p95"].isna().all()
         assert part["note"].str.startswith("all zero: lora_init").all()
-    gv = table[(table["comparison"] == "across") & (table["model_b"] == "lora_init") & (table["quantity_b"] == "gV")]
+    gv = table[(table["comparison"] == "across") & (table["model_b"] == "lora_init")
+               & (table["quantity_b"] == "gV")]
     assert gv["value"].notna().all() and (gv["note"] == "").all()
 
 
@@ -435,16 +438,18 @@ def test_stores_with_other_clips_or_frames_are_refused_naming_both(grads, tmp_pa
 
 def test_a_legacy_store_also_gets_the_original_s_flattened_form(tmp_path):
     lengths = (20,) * 5
-    stores = {name: CaptureStore(write_store(tmp_path / f"{name}.zarr", "grads", name if name != "trained" else "lora",
-                                             lengths=lengths, legacy=True, data_seed=i), kind="grads")
-              for i, name in enumerate(("trained", "lora_random", "lora_init"))}
+    methods = {"trained": "lora", "lora_random": "lora_random", "lora_init": "lora_init"}
+    stores = {name: CaptureStore(write_store(tmp_path / f"{name}.zarr", "grads", method, lengths=lengths, legacy=True,
+                                             data_seed=i), kind="grads")
+              for i, (name, method) in enumerate(methods.items())}
     table = gradient_pairings(stores, {**SMALL, "estimators": ["biased"]})
     flat = table[table["level"] == "flattened"]
     assert set(flat["estimator"]) == {"legacy"} and set(flat["kernel"]) == {"linear", "rbf"}
     assert flat["rbf_multiple"].isna().all()
     v = stores["trained"].frames(("lora", 0, "v_proj", "b_out")).reshape(5, -1)
     v_random = stores["lora_random"].frames(("lora", 0, "v_proj", "b_out")).reshape(5, -1)
-    value = flat[(flat["block"] == 0) & (flat["pairing"] == "trained V ~ lora_random V") & (flat["kernel"] == "rbf")]
+    value = flat[(flat["block"] == 0) & (flat["pairing"] == "trained V ~ lora_random V")
+                 & (flat["kernel"] == "rbf")]
     assert value["value"].item() == pytest.approx(legacy_cka(v, v_random, "rbf"), abs=1e-6)
     assert value["paper_series"].item() == "random_layer_similarities" and value["paper_kernel"].item() == "rbf"
     zero = flat[flat["model_b"] == "lora_init"]

@@ -76,7 +76,7 @@ DEFAULTS = {"kernels": ["linear", "rbf"], "rbf_multiples": [0.5, 1.0, 2.0], "est
 #: variance (all rows equal up to rounding): CKA is undefined there, reported as NaN.
 ZERO_VARIANCE_RTOL = 1e-10
 #: Bytes of float64 rows per streamed block (frame level).
-BLOCK_BYTES = 32 << 20
+BLOCK_BYTES = 8 << 20
 
 # The grads.zarr quantities by their names in the paper.
 QUANTITIES = {"U": "a_out", "V": "b_out", "gU": "a_grad", "gV": "b_grad"}
@@ -99,9 +99,6 @@ def _samples(x) -> np.ndarray:
     """``x`` as float64 ``[n, features]`` (each sample flattened)."""
     x = np.asarray(x, dtype=np.float64)
     return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
-
-
-_rows = _samples
 
 
 def _norm(x: np.ndarray) -> float:
@@ -395,7 +392,8 @@ def layer_matrices(xs: list, ys: list, views: list[tuple[str, float]], estimator
                              for grams in (linear_x, linear_y)]
             ks, ls = rbf(distances[0], notes_x, multiple), rbf(distances[1], notes_y, multiple)
         for estimator in estimators:
-            results[kernel, multiple, estimator] = cka_matrix_from_grams(ks, ls, estimator, shuffles, notes_x, notes_y)
+            results[kernel, multiple, estimator] = cka_matrix_from_grams(ks, ls, estimator, shuffles,
+                                                                         notes_x, notes_y)
     return results
 
 
@@ -434,8 +432,8 @@ class FrameMoments:
         self.widths = [int(w) for w in widths]
         self.edges = np.concatenate([[0], np.cumsum(self.widths)]).astype(int)
         total, k = int(self.edges[-1]), len(self.widths)
-        self.shift = (np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in shifts]) if shifts is not None
-                      else np.zeros(total))
+        self.shift = (np.zeros(total) if shifts is None
+                      else np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in shifts]))
         if self.shift.shape != (total,):
             raise ValueError(f"shifts of {self.shift.size} columns for sets of {total}")
         self.n = 0
@@ -706,7 +704,10 @@ def kernel_views(settings: dict) -> list[tuple[str, float]]:
     """``(kernel, rbf_multiple)`` of every Gram-form kernel the settings ask for (NaN multiple for linear)."""
     views = []
     for kernel in settings["kernels"]:
-        views += [("linear", float("nan"))] if kernel == "linear" else [("rbf", m) for m in settings["rbf_multiples"]]
+        if kernel == "linear":
+            views.append(("linear", float("nan")))
+        else:
+            views += [("rbf", m) for m in settings["rbf_multiples"]]
     return views
 
 
@@ -937,7 +938,8 @@ def gradient_pairings(stores: dict, settings: dict) -> pd.DataFrame:
     legacy = bool(trained.attrs.get("legacy"))
     estimators = settings["estimators"]
     if "debiased" in estimators and clips < 4:
-        raise InputError(f"{trained.path}: {clips} clips; debiased HSIC needs at least 4 (analyses.cka.estimators)")
+        raise InputError(f"{trained.path}: {clips} clips; debiased HSIC needs at least 4 "
+                         "(analyses.cka.estimators)")
     if legacy and np.unique(np.diff(offsets)).size != 1:
         raise InputError(f"{trained.path} is a legacy store but its clips have different numbers of frames; "
                          "the flattened form needs the same window (1500 frames) for every clip")
@@ -948,13 +950,16 @@ def gradient_pairings(stores: dict, settings: dict) -> pd.DataFrame:
     rows = []
     for block, module in trained.adapted():
         log.info("CKA at block %d %s", block, module)
-        sides = {(model, q): read_side(stores[model], model, q, block, module) for model in models for q in QUANTITIES}
-        flat = {key: flattened_grams(side, settings["kernels"], clips) for key, side in sides.items()} if legacy else {}
+        sides = {(model, q): read_side(stores[model], model, q, block, module)
+                 for model in models for q in QUANTITIES}
+        flat = ({key: flattened_grams(side, settings["kernels"], clips) for key, side in sides.items()}
+                if legacy else {})
         for comparison, a, b in pairings(models):
             x, y = sides[a], sides[b]
             series, series_kernel = paper_series(a, b)
-            common = {"block": block, "module": module, "comparison": comparison, "model_a": a[0], "quantity_a": a[1],
-                      "model_b": b[0], "quantity_b": b[1], "pairing": f"{a[0]} {a[1]} ~ {b[0]} {b[1]}",
+            common = {"block": block, "module": module, "comparison": comparison, "model_a": a[0],
+                      "quantity_a": a[1], "model_b": b[0], "quantity_b": b[1],
+                      "pairing": f"{a[0]} {a[1]} ~ {b[0]} {b[1]}",
                       "paper_series": series, "paper_kernel": series_kernel, "permutations": count}
             if "linear" in settings["kernels"]:
                 rows += [{**common, "level": "frame", **row, "n": frames}
@@ -963,9 +968,9 @@ def gradient_pairings(stores: dict, settings: dict) -> pd.DataFrame:
                      for row in utterance_pair(x, y, views, estimators, clip_shuffles)]
             if legacy:
                 (kx, note_x), (ky, note_y) = flat[a], flat[b]
+                note = level_note((x, y), (note_x, note_y))
                 rows += [{**common, "level": "flattened", **row, "n": clips}
-                         for row in flattened_pair(kx, ky, level_note((x, y), (note_x, note_y)), settings["kernels"],
-                                                   clip_shuffles)]
+                         for row in flattened_pair(kx, ky, note, settings["kernels"], clip_shuffles)]
         for side in sides.values():
             side.moments = None  # free the (block, module)'s moments before the next
     return order_columns(pd.DataFrame(rows), GRADIENT_COLUMNS)
@@ -1109,8 +1114,9 @@ def pairings_figure(table: pd.DataFrame, title: str):
     for r, (comparison, (qa, qb), group_title) in enumerate(GROUPS):
         for c, (level, kernel, multiple, estimator) in enumerate(views):
             axis = axes[r, c]
-            part = table[(table["comparison"] == comparison) & (table["quantity_a"] == qa) & (table["quantity_b"] == qb)
-                         & (table["level"] == level) & (table["kernel"] == kernel) & (table["estimator"] == estimator)]
+            part = table[(table["comparison"] == comparison) & (table["quantity_a"] == qa)
+                         & (table["quantity_b"] == qb) & (table["level"] == level) & (table["kernel"] == kernel)
+                         & (table["estimator"] == estimator)]
             if kernel == "rbf" and level != "flattened":
                 part = part[np.isclose(part["rbf_multiple"], multiple)]
             undefined = []
@@ -1176,7 +1182,8 @@ def layer_figure(table: pd.DataFrame, title: str):
         axis.set_ylabel("layer, this run (A)")
         bandwidth = "" if kernel == "linear" else f" σ×{multiple:g}"
         p95 = part["null_p95"].max()
-        null = "no permutations" if np.isnan(p95) else f"null p95 ≤ {p95:.3f} ({int(part['permutations'].iloc[0])} perm.)"
+        count = int(part["permutations"].iloc[0])
+        null = "no permutations" if np.isnan(p95) else f"null p95 ≤ {p95:.3f} ({count} perm.)"
         axis.set_title(f"{kernel}{bandwidth}, {estimator}\n{null}", fontsize=8)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
@@ -1214,7 +1221,8 @@ def main(argv: list[str] | None = None) -> None:
                              f"one of {', '.join(REFERENCES)} (repeat for both)")
     parser.add_argument("--other-acts", help="with --acts: the other run's acts.zarr (B)")
     parser.add_argument("--pairing", choices=PAIRINGS,
-                        help="with --acts: what B is, the frozen run (lora_vs_frozen) or another seed (seed_vs_seed)")
+                        help="with --acts: what B is, the frozen run (lora_vs_frozen) or another seed "
+                             "(seed_vs_seed)")
     args = parser.parse_args(argv)
     run = Run.from_wildcards(vars(args))
     settings = cka_settings(resolve_spec(args, lambda config: config["analyses"].get("cka", {})))
