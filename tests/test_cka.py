@@ -235,8 +235,8 @@ def test_permutations_are_seeded():
 
 
 def side(name: str, rows: np.ndarray) -> Side:
-    return Side(name, "U", rows.astype(np.float32), "memory", rows.astype(np.float32).astype(np.float64).mean(0),
-                np.zeros((1, rows.shape[1])), "")
+    rows = rows.astype(np.float32)
+    return Side(name, "U", rows, rows.astype(np.float64).mean(0), np.zeros((1, rows.shape[1])), "")
 
 
 def test_the_streamed_frame_level_null_equals_the_gram_form_of_the_shuffled_rows(monkeypatch):

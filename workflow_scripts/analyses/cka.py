@@ -49,6 +49,14 @@ frozen and for two seeds of one configuration (the noise floor).
 Tables (long): one row per value with ``value``, ``null_mean``, ``null_p95``, ``permutations``,
 ``n`` and ``note``; figures: CKA per block for each pairing with the null band (mean..p95)
 shaded, and layer × layer heatmaps with the null's p95 in each title.
+
+Entry point, two modes (plus the run's wildcards ``--dataset`` ... ``--fold`` and ``--spec``/``--config``)::
+
+    --grads TRAINED/grads.zarr [--reference lora_random=PATH] [--reference lora_init=PATH] --out T.parquet
+    --acts A/acts.zarr --other-acts B/acts.zarr --pairing lora_vs_frozen|seed_vs_seed --out T.parquet
+
+The frame level's cost is dominated by the permutation null: (1 + permutations) products of
+[frames, p]ᵀ[frames, q] per pairing.
 """
 
 from __future__ import annotations
@@ -750,8 +758,7 @@ class Side:
 
     model: str
     quantity: str
-    array: object
-    source: str
+    array: object  # the Zarr (or numpy) array of its frame rows
     mean: np.ndarray
     clip_means: np.ndarray
     clip_note: str  # why CKA of the clip means is undefined ("" if it is defined)
@@ -777,7 +784,7 @@ def read_side(store, model: str, quantity: str, block: int, module: str) -> Side
     sums = clip_sums(array, offsets)
     clip_means = sums / lengths[:, None]
     mean = sums.sum(0) / offsets[-1]
-    return Side(model, quantity, array, str(store.path), mean, clip_means, degenerate(clip_means))
+    return Side(model, quantity, array, mean, clip_means, degenerate(clip_means))
 
 
 def level_note(sides: tuple, notes: tuple) -> str:
