@@ -20,10 +20,12 @@ from workflow_scripts.config import validate_config
 from workflow_scripts.data.audio_cache import audio_cache_settings
 from workflow_scripts.data.folds import PROTOCOLS, fold_settings
 from workflow_scripts.runs import (
+    LORA_METHODS,
     METHODS,
     NO_TARGETS,
     RUN_PATTERN,
     TRAINED_METHODS,
+    Run,
     check_training_config,
     expand_grid,
     run_settings,
@@ -187,9 +189,117 @@ def frozen_counterpart(name, suffix):
     return f"results/analyses/{name}/{frozen}.{suffix}"
 
 
+def frozen_counterpart_store(wildcards):
+    """The acts store of the frozen run that shares a LoRA run's dataset, protocol, model, seed and fold."""
+    return f"results/acts/{frozen_run(Run.from_wildcards(wildcards)).id}/acts.zarr"
+
+
 def frozen_run(run):
     """The frozen run that shares ``run``'s dataset, protocol, model, seed and fold."""
     return replace(run, method="frozen", targets=NO_TARGETS, rank=0)
+
+
+# The analyses that compare runs: each is made only where the runs it compares are in the grid.
+# The untrained LoRA references of a trained LoRA run share everything with it but the method.
+UNTRAINED_REFERENCES = ("lora_random", "lora_init")
+# A comparison group of trained LoRA runs across ranks, seeds and folds (principal angles), and
+# across ranks (embeddings).
+SUBSPACE_GROUP = "{dataset}/{protocol}/{model}/{method}/{targets}"
+EMBEDDING_GROUP = "{dataset}/{protocol}/{model}/{method}/{targets}/seed{seed}/fold{fold}"
+
+
+def grid_by_id():
+    return {run.id: run for run in training_runs()}
+
+
+def path_of(pattern, run):
+    """``pattern`` filled in with a run's (or a job's) wildcards."""
+    return pattern.format(**(asdict(run) if isinstance(run, Run) else dict(run.items())))
+
+
+def untrained_references(run):
+    """{method: run} of the untrained references of a trained LoRA run that are in the grid."""
+    grid = grid_by_id()
+    references = {method: replace(run, method=method) for method in UNTRAINED_REFERENCES}
+    return {method: reference for method, reference in references.items() if reference.id in grid}
+
+
+def with_references(pattern, trained_key):
+    """Input function: ``pattern`` for the trained LoRA run {wildcards} (key ``trained_key``)
+    and for each of its untrained references in the grid (keyed by method)."""
+
+    def inputs(wildcards):
+        run = Run.from_wildcards(wildcards)
+        references = untrained_references(run)
+        return {trained_key: path_of(pattern, run),
+                **{method: path_of(pattern, reference) for method, reference in references.items()}}
+
+    return inputs
+
+
+def reference_args(wildcards, input):
+    """``--reference METHOD=PATH`` for each untrained reference among a rule's inputs."""
+    return " ".join(f"--reference {name}={shlex.quote(str(path))}" for name, path in input.items()
+                    if name in UNTRAINED_REFERENCES)
+
+
+def first_seed():
+    return min(config["training"]["seeds"])
+
+
+def seed_pairs():
+    """(run, the same configuration at the grid's first seed) for each trained run of a later seed:
+    the seed-to-seed noise floor of the layer x layer CKA."""
+    grid = grid_by_id()
+    pairs = [(run, replace(run, seed=first_seed())) for run in grid.values()
+             if run.method in TRAINED_METHODS and run.seed != first_seed()]
+    return [(run, reference) for run, reference in pairs if reference.id in grid]
+
+
+def first_seed_counterpart(pattern):
+    def inputs(wildcards):
+        return path_of(pattern, replace(Run.from_wildcards(wildcards), seed=first_seed()))
+
+    return inputs
+
+
+def subspace_groups():
+    """{group id: its trained LoRA runs} for the groups with at least two runs."""
+    groups = {}
+    for run in training_runs():
+        if run.method == "lora":
+            groups.setdefault(path_of(SUBSPACE_GROUP, run), []).append(run)
+    return {group: runs for group, runs in groups.items() if len(runs) >= 2}
+
+
+def subspace_weights(wildcards):
+    """The weights/ folders of a subspace group's runs, keyed by run id."""
+    return {run.id: f"results/runs/{run.id}/weights" for run in subspace_groups()[path_of(SUBSPACE_GROUP, wildcards)]}
+
+
+def run_args(wildcards, input):
+    """``--run RUN_ID=PATH`` for each of a rule's inputs (keyed by run id)."""
+    return " ".join(f"--run {shlex.quote(f'{name}={path}')}" for name, path in input.items())
+
+
+def embedding_groups():
+    """{group id: {rank: run}} of trained LoRA runs, one group per configuration across ranks."""
+    groups = {}
+    for run in training_runs():
+        if run.method == "lora":
+            groups.setdefault(path_of(EMBEDDING_GROUP, run), {})[run.rank] = run
+    return groups
+
+
+def embedding_stores(wildcards):
+    """The acts stores of an embedding group's runs, keyed by rank."""
+    runs = embedding_groups()[path_of(EMBEDDING_GROUP, wildcards)]
+    return {f"r{rank}": f"results/acts/{run.id}/acts.zarr" for rank, run in sorted(runs.items())}
+
+
+def rank_args(wildcards, input):
+    """``--acts RANK=PATH`` for each of a rule's inputs (keyed r<rank>)."""
+    return " ".join(f"--acts {name[1:]}={shlex.quote(str(path))}" for name, path in input.items())
 
 
 def run_outputs(run):
@@ -219,7 +329,20 @@ def final_outputs(wildcards):
     analyses += [("contribution_difference", run) for run in runs_by_id.values()
                  if run.method == "lora" and frozen_run(run).id in runs_by_id]
     analyses += [("erasure", run) for run in erasure_runs()]
+    analyses += [(name, run) for run in runs_by_id.values() if run.method in LORA_METHODS
+                 for name in ("spectra", "weight_spectra")]
+    analyses += [(name, run) for run in runs_by_id.values() if run.method == "lora" and untrained_references(run)
+                 for name in ("spectra_comparison", "cka")]
+    analyses += [("cka_lora_frozen", run) for run in runs_by_id.values()
+                 if run.method == "lora" and frozen_run(run).id in runs_by_id]
+    analyses += [("cka_seeds", run) for run, _ in seed_pairs()]
     analyses = [analysis_output(name, suffix).format(**asdict(run)) for name, run in analyses
                 for suffix in ("parquet", "png", "svg")]
+    analyses += [path_of(analysis_output("spectra_comparison", suffix), run) for run in runs_by_id.values()
+                 if run.method == "lora" and untrained_references(run) for suffix in ("top10.png", "top10.svg")]
+    analyses += [f"results/analyses/subspaces/{group}.{suffix}" for group in subspace_groups()
+                 for suffix in ("parquet", "png", "svg")]
+    analyses += [f"results/analyses/embeddings/{group}.{suffix}" for group in embedding_groups()
+                 for suffix in ("parquet", "coords.parquet", "png", "svg", "pca.png", "pca.svg")]
     tables = ["results/tables/performance.csv", "results/tables/performance.md"]
     return data + features + models + runs + stores + analyses + tables

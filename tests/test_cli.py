@@ -22,6 +22,11 @@ ENTRY_POINTS = [
     "workflow_scripts.analyses.logit_lens",
     "workflow_scripts.analyses.probes",
     "workflow_scripts.analyses.erasure",
+    "workflow_scripts.analyses.spectra",
+    "workflow_scripts.analyses.weight_spectra",
+    "workflow_scripts.analyses.subspaces",
+    "workflow_scripts.analyses.cka",
+    "workflow_scripts.analyses.embeddings",
     "workflow_scripts.report.performance",
     "workflow_scripts.provenance",
 ]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import DOWNSTREAM, FROZEN_RUN, RUN, TINY, with_changes
+from test_workflow import FROZEN_RUN, RUN, TINY, jobs_after_training, with_changes
 
 REPO = Path(__file__).resolve().parent.parent
 SLURM_SH = ["bash", str(REPO / "tools" / "slurm.sh")]
@@ -214,6 +214,11 @@ def ran(run: Run) -> list[tuple[str, str | None]]:
     return sorted((job.rule, job.wildcards.get("method")) for job in run.jobs() if job.rule != "all")
 
 
+GROUPED_ANALYSES = ("contribution", "contribution_difference", "logit_lens", "probes", "spectra", "spectra_comparison",
+                    "weight_spectra", "subspaces", "cka", "cka_lora_frozen", "cka_seeds", "embeddings")
+assert set(GROUPED_ANALYSES) == {rule for rule, group in PROFILE["groups"].items() if group == "analyses"}
+
+
 def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, full_run):
     records = completed_as_logged(full_run)
     jobs = full_run.jobs()
@@ -226,13 +231,15 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
         methods = ["frozen", "lora"] if model_job == "erasure" else ["frozen", "lora", "lora_init"]
         assert sorted(job.wildcards["method"] for job in jobs if job.rule == model_job and job.group is None) == \
             methods, full_run
-    # A run's readouts become ready together (when its acts store is written) and the profile's
-    # group puts them into one SLURM job...
-    readouts = [job for job in jobs if job.rule in ("contribution", "contribution_difference", "logit_lens", "probes")]
-    assert len(readouts) == 3 * 3 + 1 and all(job.group and job.group[1] == "readouts" for job in readouts), full_run
+    # Every analysis that does not run the model is in the profile's `analyses` group; a run's
+    # readouts become ready together (when its acts store is written) and share one SLURM job...
+    analyses = [job for job in jobs if job.rule in GROUPED_ANALYSES]
+    assert sorted((job.rule, job.wildcards["method"]) for job in analyses) == sorted(
+        job for job in jobs_after_training({"frozen", "lora", "lora_init"}) if job[0] in GROUPED_ANALYSES), full_run
+    assert all(job.group and job.group[1] == "analyses" for job in analyses), full_run
     for method in ("frozen", "lora", "lora_init"):
-        assert len({job.group for job in readouts if job.wildcards["method"] == method
-                    and job.rule != "contribution_difference"}) == 1, full_run
+        assert len({job.group for job in analyses if job.wildcards["method"] == method
+                    and job.rule in ("contribution", "logit_lens", "probes")}) == 1, full_run
     # ... which asks for no more CPUs than the profile's `cores` (2, this node's size): its jobs run
     # at most two at a time, instead of asking for the sum of them all.
     for record in records.values():
@@ -259,9 +266,7 @@ def test_a_changed_training_setting_resubmits_only_the_affected_jobs(workdir, fu
     records = completed_as_logged(rerun)
     # The untrained reference (lora_init) does not read the learning rate; nothing upstream does.
     # The retrained runs' stores are captured again.
-    assert ran(rerun) == sorted([("performance", None), ("contribution_difference", "lora"),
-                                 *((rule, method) for rule in ("train", *DOWNSTREAM, "erasure")
-                                   for method in ("frozen", "lora"))]), rerun
+    assert ran(rerun) == sorted([("performance", None), *jobs_after_training({"frozen", "lora"})]), rerun
     assert not set(records) & set(full_run.submitted)
 
 
@@ -290,8 +295,7 @@ def test_a_failed_job_names_its_logs_and_the_rerun_resubmits_only_it_and_its_dep
     blocker.unlink()
     rerun = slurm_snakemake(workdir, config=LR_CHANGED)
     completed_as_logged(rerun)
-    assert ran(rerun) == sorted([("performance", None), ("contribution_difference", "lora"),
-                                 *((rule, "frozen") for rule in ("train", *DOWNSTREAM, "erasure"))]), rerun
+    assert ran(rerun) == sorted([("performance", None), *jobs_after_training({"frozen"})]), rerun
 
 
 # One training run, forced to run again with a GPU requested. A GPU job asks for cpus_per_gpu

@@ -95,12 +95,13 @@ def test_dry_run_of_the_default_config_lists_the_dag(tmp_path):
 
 RUN = Path("results/runs/demo/holdout/tiny/lora/q_proj+v_proj/r4/seed0/fold1")
 FROZEN_RUN = Path("results/runs/demo/holdout/tiny/frozen/none/r0/seed0/fold1")
+INIT_RUN = Path("results/runs/demo/holdout/tiny/lora_init/q_proj+v_proj/r4/seed0/fold1")
 
 
 def test_full_data_stage(workdir, tiny_run):
     assert jobs_run(tiny_run) >= {"demo_corpus", "manifest", "folds", "audio_cache", "features", "model", "train",
-                                  "capture_acts", "capture_grads", "contribution", "logit_lens", "probes",
-                                  "contribution_difference", "erasure", "performance"}
+                                  "performance", *(rule for rule, _ in jobs_after_training({"lora", "frozen",
+                                                                                            "lora_init"}))}
     data = workdir / "results" / "data" / "demo"
     manifest = pd.read_parquet(data / "manifest.parquet")
     assert len(manifest) == 32 and manifest["speaker"].nunique() == 4
@@ -151,6 +152,21 @@ def test_full_data_stage(workdir, tiny_run):
     lens = pd.read_parquet(workdir / "results" / "analyses" / "logit_lens" / f"{RUN.relative_to('results/runs')}.parquet")
     last = lens[(lens["lens"] == "normed") & (lens["layer"] == lens["layer"].max())].set_index("statistic")["value"]
     assert last["kl_final_layer"] == pytest.approx(0, abs=1e-8) and last["agreement"] == 1.0
+    analyses = workdir / "results" / "analyses"
+    run_id, init_id = str(RUN.relative_to("results/runs")), str(INIT_RUN.relative_to("results/runs"))
+    outputs = [f"{name}/{run_id}.{suffix}" for name in ("spectra", "weight_spectra", "spectra_comparison", "cka",
+                                                          "cka_lora_frozen") for suffix in ("parquet", "png", "svg")]
+    outputs += [f"{name}/{init_id}.{suffix}" for name in ("spectra", "weight_spectra") for suffix in ("parquet", "png")]
+    outputs += [f"spectra_comparison/{run_id}.top10.{suffix}" for suffix in ("png", "svg")]
+    group = "demo/holdout/tiny/lora/q_proj+v_proj/seed0/fold1"
+    outputs += [f"embeddings/{group}.{suffix}" for suffix in ("parquet", "coords.parquet", "png", "svg", "pca.png")]
+    for output in outputs:
+        assert (analyses / output).stat().st_size > 0, output
+    # lora_init's B = 0: its B outputs and A gradients are flagged as identically zero, not divided by.
+    init_spectra = pd.read_parquet(analyses / "spectra" / f"{init_id}.parquet")
+    zero = init_spectra.groupby("quantity")["all_zero"].all()
+    assert zero["b_out"] and zero["a_grad"] and not zero["a_out"] and not zero["b_grad"], zero
+    assert set(pd.read_parquet(analyses / "cka" / f"{run_id}.parquet")["run"]) == {run_id}
     lora_grads = CaptureStore(workdir / "results" / "acts" / RUN.relative_to("results/runs") / "grads.zarr")
     frozen_grads = CaptureStore(workdir / "results" / "acts" / FROZEN_RUN.relative_to("results/runs") / "grads.zarr")
     assert lora_grads.utt_ids == frozen_grads.utt_ids and lora_grads.adapted() and not frozen_grads.adapted()
@@ -159,8 +175,24 @@ def test_full_data_stage(workdir, tiny_run):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-# What a run's training is followed by: its two captures and the analyses of its stores.
+# What every run's training is followed by: its two captures and the readouts of its stores.
 DOWNSTREAM = ("capture_acts", "capture_grads", "contribution", "logit_lens", "probes")
+
+
+def jobs_after_training(methods: set[str]) -> set[tuple[str, str]]:
+    """(rule, method) of each job that follows when TINY's runs of ``methods`` (lora, frozen,
+    lora_init; one rank, seed and fold) are trained anew: their own jobs, and the comparisons of
+    the LoRA run with a side that changed."""
+    jobs = {(rule, method) for method in methods for rule in ("train", *DOWNSTREAM)}
+    jobs |= {(rule, method) for method in methods & {"lora", "lora_init"} for rule in ("spectra", "weight_spectra")}
+    jobs |= {("erasure", method) for method in methods & {"lora", "frozen"}}
+    if "lora" in methods:
+        jobs.add(("embeddings", "lora"))
+    if methods & {"lora", "frozen"}:
+        jobs |= {("contribution_difference", "lora"), ("cka_lora_frozen", "lora")}
+    if methods & {"lora", "lora_init"}:
+        jobs |= {("spectra_comparison", "lora"), ("cka", "lora")}
+    return jobs
 
 
 def trained_methods(jobs) -> set[str]:
@@ -185,35 +217,42 @@ def test_a_new_protocol_makes_only_its_fold_table(workdir, tiny_run):
 ], ids=["lr", "lora_dropout", "max_seconds"])
 def test_a_changed_setting_reruns_only_what_uses_it(workdir, tiny_run, change, trains, untouched):
     jobs = jobs_listed(snakemake(workdir, "-n", config=with_changes(TINY, **change)))
-    assert {rule for rule, _ in jobs} == {"train", *DOWNSTREAM, "contribution_difference", "erasure",
-                                          "performance", "all"}
     assert trained_methods(jobs) == trains
     assert not trained_methods(jobs) & untouched
-    for rule in DOWNSTREAM:  # a retrained run's stores are captured again, and analysed again
-        assert {w["method"] for name, w in jobs if name == rule} == trains
-    # Erasure is computed for the trained runs only (analyses.erasure.references: false).
-    assert {w["method"] for name, w in jobs if name == "erasure"} == trains & {"lora", "frozen"}
+    # A retrained run's stores are captured again and analysed again, and so are the comparisons
+    # that read it; erasure is computed for the trained runs only (analyses.erasure.references: false).
+    assert sorted((rule, w["method"]) for rule, w in jobs if rule not in ("all", "performance")) == sorted(
+        jobs_after_training(trains))
+    assert {rule for rule, _ in jobs} >= {"performance", "all"}
 
 
 @pytest.mark.parametrize("change, rules", [
-    ({"capture": {"grads_per_class": 5}}, {"capture_grads"}),
+    ({"capture": {"grads_per_class": 5}}, {"capture_grads", "spectra", "spectra_comparison", "cka"}),
     ({"capture": {"frame_dtype": "float16"}}, {"capture_acts", "contribution", "logit_lens", "probes",
-                                               "contribution_difference"}),
+                                               "contribution_difference", "cka_lora_frozen", "embeddings"}),
     ({"capture": {"batch_size": 4}}, {"capture_acts", "capture_grads", "contribution", "logit_lens", "probes",
-                                      "contribution_difference"}),
+                                      "contribution_difference", "cka_lora_frozen", "embeddings", "spectra",
+                                      "spectra_comparison", "cka"}),
     ({"analyses": {"probes": {"c_grid": [0.1, 1.0]}}}, {"probes"}),
     ({"analyses": {"erasure": {"batch_size": 4}}}, {"erasure"}),
     ({"analyses": {"logit_lens": {"split": "val"}}}, {"logit_lens"}),
     ({"analyses": {"contribution": {"split": "val"}}}, {"contribution", "contribution_difference"}),
+    ({"analyses": {"spectra": {"center": False}}}, {"spectra", "spectra_comparison"}),
+    ({"analyses": {"cka": {"permutations": 5}}}, {"cka", "cka_lora_frozen"}),
+    ({"analyses": {"embeddings": {"perplexity": 5}}}, {"embeddings"}),
 ], ids=["grads_per_class", "frame_dtype", "batch_size", "probes_c_grid", "erasure_batch_size",
-    "logit_lens_split", "contribution_split"])
+    "logit_lens_split", "contribution_split", "spectra_center", "cka_permutations", "embeddings_perplexity"])
 def test_a_changed_capture_or_analysis_setting_reruns_only_those_jobs(workdir, tiny_run, change, rules):
     jobs = jobs_listed(snakemake(workdir, "-n", config=with_changes(TINY, **change)))
     assert {rule for rule, _ in jobs} == rules | {"all"}
-    for rule in rules:  # every run's jobs of that rule (the difference: the LoRA run's), nothing else
-        expected = {"contribution_difference": ["lora"], "erasure": ["frozen", "lora"]}.get(
-            rule, ["frozen", "lora", "lora_init"])
+    for rule in rules:  # every run's jobs of that rule (a comparison's: the LoRA run's), nothing else
+        expected = {"erasure": ["frozen", "lora"], "spectra": ["lora", "lora_init"]}.get(
+            rule, ["lora"] if rule in LORA_RUN_COMPARISONS else ["frozen", "lora", "lora_init"])
         assert sorted(w["method"] for name, w in jobs if name == rule) == expected
+
+
+# The analyses made once per trained LoRA run (or its group), comparing it with other runs.
+LORA_RUN_COMPARISONS = ("contribution_difference", "spectra_comparison", "cka", "cka_lora_frozen", "embeddings")
 
 
 def test_a_lost_run_is_rebuilt_with_the_table(workdir, tiny_run):
@@ -225,11 +264,10 @@ def test_a_lost_run_is_rebuilt_with_the_table(workdir, tiny_run):
     shutil.rmtree(workdir / FROZEN_RUN)
     rerun = snakemake(workdir, config=TINY)
     jobs = jobs_listed(rerun)
-    assert sorted(rule for rule, _ in jobs if rule != "all") == sorted(["train", *DOWNSTREAM, "performance",
-                                                                        "contribution_difference", "erasure"])
-    # The frozen run's jobs, and the LoRA − frozen difference, whose frozen side changed.
-    assert {(rule, w["method"]) for rule, w in jobs if rule not in ("all", "performance")} == {
-        *((rule, "frozen") for rule in ("train", *DOWNSTREAM, "erasure")), ("contribution_difference", "lora")}
+    # The frozen run's jobs, and the LoRA − frozen comparisons, whose frozen side changed.
+    assert sorted((rule, w["method"]) for rule, w in jobs if rule not in ("all", "performance")) == sorted(
+        jobs_after_training({"frozen"}))
+    assert "performance" in {rule for rule, _ in jobs}
     assert sorted(p.name for p in (workdir / FROZEN_RUN).iterdir()) == ["history.csv", "metrics.json",
                                                                         "predictions.parquet", "weights"]
     assert (tables / "performance.csv").stat().st_mtime_ns > table_before
@@ -243,10 +281,15 @@ def test_more_seeds_train_only_the_new_runs(workdir, tiny_run):
     more_seeds = with_changes(TINY, training={"seeds": [0, 1]})
     rerun = snakemake(workdir, config=more_seeds)
     jobs = jobs_listed(rerun)
-    assert {rule for rule, _ in jobs} == {"train", *DOWNSTREAM, "contribution_difference", "erasure", "performance",
-                                          "all"}
-    assert sorted(w["method"] for rule, w in jobs if rule == "train") == ["frozen", "lora", "lora_init"]
-    assert {w["seed"] for rule, w in jobs if rule != "all" and rule != "performance"} == {"1"}
+    # The new seed's runs and their analyses; the two seeds compared (the layer x layer CKA of the
+    # trained runs, the LoRA subspaces across seeds); nothing of seed 0.
+    per_seed = [(rule, w["method"]) for rule, w in jobs if "seed" in w]
+    assert sorted(per_seed) == sorted(jobs_after_training({"lora", "frozen", "lora_init"})
+                                      | {("cka_seeds", "lora"), ("cka_seeds", "frozen")}), rerun
+    assert {w["seed"] for _, w in jobs if "seed" in w} == {"1"}
+    assert sorted(rule for rule, w in jobs if "seed" not in w) == ["all", "performance", "subspaces"]
+    subspaces = pd.read_parquet(workdir / "results" / "analyses" / "subspaces" / "demo/holdout/tiny/lora/q_proj+v_proj.parquet")
+    assert set(subspaces["differs"]) == {"seed"}
     assert (workdir / RUN / "metrics.json").stat().st_mtime_ns == before
     assert pd.read_csv(tables / "performance.csv")["runs"].tolist() == [2, 2, 2]
 
