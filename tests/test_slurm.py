@@ -145,6 +145,8 @@ class Run:
                 comments.append(f"rule_{job.rule}_wildcards_{wildcards}" if wildcards else f"rule_{job.rule}")
         for group in {job.group for job in jobs if job.group}:
             rules = sorted({job.rule for job in jobs if job.group == group})
+            # Snakemake names a group job by its first five rules and "..." (GroupJob.name).
+            rules = rules[:5] + ["..."] if len(rules) > 5 else rules
             comments.append(f"rule_{group[1]}_{'_'.join(rules)}")
         return comments
 

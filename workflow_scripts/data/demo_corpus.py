@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SETTINGS: dict = {
     "seed": 0,  # same seed -> byte-identical corpus
     "speakers": 8,  # the default; 2 is allowed (tests), at most MAX_SPEAKERS
-    "utterances_per_speaker_per_emotion": 15,  # 8 x 4 x 15 = 480 clips
+    "utterances_per_speaker_per_emotion": 8,  # 8 x 4 x 8 = 256 clips
     "sentence_words": [5, 12],  # [min, max] words per sentence
 }
 
