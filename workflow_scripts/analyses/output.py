@@ -36,13 +36,14 @@ def save_figure(figure, png: str | Path) -> None:
 OUT_HELP = "the table (.parquet); the figure goes beside it (.png, .svg)"
 
 
-def analysis_parser(module: str, doc: str | None, *, acts: bool = True):
-    """The parser of an analysis entry point: settings (``--spec``/``--config``), the run's
-    wildcards, ``--acts`` (unless the analysis reads something else) and ``--out``."""
+def analysis_parser(module: str, doc: str | None, *, acts: bool = True, settings: bool = True):
+    """The parser of an analysis entry point: settings (``--spec``/``--config``, unless the
+    analysis has none), the run's wildcards, ``--acts`` (unless the analysis reads something
+    else) and ``--out``."""
     from workflow_scripts.cli import entry_parser
     from workflow_scripts.runs import add_run_wildcards
 
-    parser = entry_parser(module, doc)
+    parser = entry_parser(module, doc, settings=settings)
     add_run_wildcards(parser)
     if acts:
         parser.add_argument("--acts", required=True, help="the run's acts.zarr")

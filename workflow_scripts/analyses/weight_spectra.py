@@ -348,25 +348,12 @@ def weight_spectra_figure(table: pd.DataFrame, title: str):
     return figure
 
 
-def entry_parser_without_settings(module: str, doc: str | None):
-    """An analysis parser without ``--spec``/``--config`` (this analysis has no settings): the
-    run's wildcards and ``--out``."""
-    from workflow_scripts.analyses.output import OUT_HELP
-    from workflow_scripts.cli import entry_parser
-    from workflow_scripts.runs import add_run_wildcards
-
-    parser = entry_parser(module, doc, settings=False)
-    add_run_wildcards(parser)
-    parser.add_argument("--out", required=True, help=OUT_HELP)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> None:
-    from workflow_scripts.analyses.output import publish
+    from workflow_scripts.analyses.output import analysis_parser, publish
     from workflow_scripts.provenance import provenance
     from workflow_scripts.runs import Run
 
-    parser = entry_parser_without_settings("workflow_scripts.analyses.weight_spectra", __doc__)
+    parser = analysis_parser("workflow_scripts.analyses.weight_spectra", __doc__, acts=False, settings=False)
     parser.add_argument("--weights", required=True, help="the run's weights/ folder (PEFT adapter)")
     args = parser.parse_args(argv)
     run = Run.from_wildcards(vars(args))
