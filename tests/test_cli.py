@@ -36,11 +36,17 @@ def run(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, **kwargs)
 
 
-@pytest.mark.parametrize("module", ENTRY_POINTS)
-def test_help(module):
+def help_text(module: str) -> str:
+    """What ``python -m module --help`` prints, checked to be a usage text."""
     result = run(module, "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: python -m {module}")
+    return result.stdout
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_help(module):
+    help_text(module)
 
 
 def test_steps_by_hand_from_a_config_file(tmp_path):

@@ -4,13 +4,12 @@ comparison group of written adapters (what differs, ΔW = 0, the group checks)."
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from test_cli import help_text
 from test_weight_spectra import random_factors, write_adapter
 
 from workflow_scripts.runs import Run
@@ -26,7 +25,6 @@ from workflow_scripts.analyses.subspaces import (
 from workflow_scripts.errors import InputError
 from workflow_scripts.provenance import read_provenance
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def random_basis(rng, d: int, k: int) -> np.ndarray:
@@ -260,10 +258,6 @@ def test_entry_point_refuses_malformed_run_arguments(group_runs, tmp_path):
     assert not out.exists()
 
 
-def test_help():
-    module = "workflow_scripts.analyses.subspaces"
-    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
-                            cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"usage: python -m {module}")
-    assert "RUN_ID=WEIGHTS_DIR" in result.stdout and "--spec" not in result.stdout
+def test_help_names_the_inputs_and_takes_no_settings():
+    text = help_text("workflow_scripts.analyses.subspaces")
+    assert "RUN_ID=WEIGHTS_DIR" in text and "--spec" not in text
