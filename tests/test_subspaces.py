@@ -4,7 +4,6 @@ comparison group of written adapters (what differs, ΔW = 0, the group checks)."
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
