@@ -304,7 +304,7 @@ def rank_args(wildcards, input):
 
 def run_outputs(run):
     """Every output of the run's `train` job (weights/, metrics.json, ...)."""
-    return [str(path).format(**asdict(run)) for path in rules.train.output]
+    return [path_of(str(path), run) for path in rules.train.output]
 
 
 def final_outputs(wildcards):
@@ -336,7 +336,7 @@ def final_outputs(wildcards):
     analyses += [("cka_lora_frozen", run) for run in runs_by_id.values()
                  if run.method == "lora" and frozen_run(run).id in runs_by_id]
     analyses += [("cka_seeds", run) for run, _ in seed_pairs()]
-    analyses = [analysis_output(name, suffix).format(**asdict(run)) for name, run in analyses
+    analyses = [path_of(analysis_output(name, suffix), run) for name, run in analyses
                 for suffix in ("parquet", "png", "svg")]
     analyses += [path_of(analysis_output("spectra_comparison", suffix), run) for run in runs_by_id.values()
                  if run.method == "lora" and untrained_references(run) for suffix in ("top10.png", "top10.svg")]
