@@ -255,6 +255,23 @@ def test_the_streamed_frame_level_null_equals_the_gram_form_of_the_shuffled_rows
         assert row["null_p95"] == pytest.approx(np.percentile(null, 95), abs=1e-10)
 
 
+def test_the_null_of_a_rank_deficient_side_is_computed_in_its_rank_and_equals_the_full_form():
+    # A B output V = U·Bᵀ: 40 columns of rank 3. The null rotates V into its 3-column basis.
+    rng = np.random.default_rng(7)
+    u = rng.normal(size=(1500, 3))
+    v = (u @ rng.normal(size=(3, 40)) + 5.0).astype(np.float32).astype(np.float64)
+    x = (u[:, :2] + rng.normal(size=(1500, 2))).astype(np.float32).astype(np.float64)
+    sides = side("a", x), side("b", v)
+    shuffles = permutations(1500, 4, 2)
+    rows = frame_pair(*sides, shuffles, list(ESTIMATORS))
+    assert sides[0].basis is None and sides[1].basis.shape == (40, 3)
+    for row in rows:
+        null = [cka(x, v[p], "linear", row["estimator"]) for p in shuffles]
+        assert row["value"] == pytest.approx(cka(x, v, "linear", row["estimator"]), abs=1e-10)
+        assert row["null_mean"] == pytest.approx(np.mean(null), abs=1e-9)
+        assert row["null_p95"] == pytest.approx(np.percentile(null, 95), abs=1e-9)
+
+
 def test_cross_moments_of_a_permutation_only_change_the_pairing_terms():
     x, y = related(n=25, p=4, q=3)
     mx, my = FrameMoments([4], [x.mean(0)]), FrameMoments([3], [y.mean(0)])

@@ -24,8 +24,10 @@ Definitions (float64 throughout; ../shared/notes/analysis-math.md):
 * Permutation null: the rows of Y are shuffled (``numpy.random.default_rng(seed)``, ``count``
   permutations, the same ones for every value of a level) and the statistic recomputed; the null's
   mean and 95th percentile are reported beside each value. At frame level Y of one (block,
-  module) is held in memory (float32) and X streamed in row blocks; X·Y_π is accumulated per
-  permutation.
+  module) is held in memory and X streamed in row blocks; XᵀY_π is accumulated per permutation,
+  with both sides first rotated into the basis of their centred rows' numerical column space
+  (directions holding at most ``RANK_RTOL`` = 1e-12 of the energy, i.e. rounding, dropped): linear
+  CKA is invariant to the rotation, and a B output V = s·UBᵀ of rank r costs r columns, not d_out.
 * ``legacy``: the original's function, exactly: per-sample flattened inputs in their own dtype
   (float32), linear K = XXᵀ or ``sklearn.metrics.pairwise.rbf_kernel(X)`` (gamma = 1/D), centred
   with H, HSIC = Σ Kc∘Lc, CKA = HSIC/(‖Kc‖_F‖Lc‖_F), 0.0 when a norm is 0.
@@ -55,8 +57,8 @@ Entry point, two modes (plus the run's wildcards ``--dataset`` ... ``--fold`` an
     --grads TRAINED/grads.zarr [--reference lora_random=PATH] [--reference lora_init=PATH] --out T.parquet
     --acts A/acts.zarr --other-acts B/acts.zarr --pairing lora_vs_frozen|seed_vs_seed --out T.parquet
 
-The frame level's cost is dominated by the permutation null: (1 + permutations) products of
-[frames, p]ᵀ[frames, q] per pairing.
+The frame level's cost is dominated by the permutation null: one product [frames, p]ᵀ[frames, q]
+per permutation and pairing, p and q the sides' numerical ranks.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy.linalg import blas
 
 from workflow_scripts.cli import resolve_spec, run_main
 from workflow_scripts.errors import InputError
@@ -83,6 +86,9 @@ DEFAULTS = {"kernels": ["linear", "rbf"], "rbf_multiples": [0.5, 1.0, 2.0], "est
 #: A side whose column-centred Frobenius norm is at most this fraction of its raw norm has no
 #: variance (all rows equal up to rounding): CKA is undefined there, reported as NaN.
 ZERO_VARIANCE_RTOL = 1e-10
+#: Directions of a set's centred rows whose energy (an eigenvalue of the centred Gram matrix) is
+#: at most this fraction of the largest are rounding; the frame-level null drops them.
+RANK_RTOL = 1e-12
 #: Bytes of float64 rows per streamed block (frame level).
 BLOCK_BYTES = 8 << 20
 
@@ -323,20 +329,21 @@ class CKAMatrix:
     notes_y: list[str] = field(default_factory=list)
 
 
-def cka_matrix_from_grams(ks: list[np.ndarray], ls: list[np.ndarray], estimator: str = "biased",
-                          shuffles: list[np.ndarray] = (), notes_x: list[str] | None = None,
-                          notes_y: list[str] | None = None) -> CKAMatrix:
-    """All pairs of Gram matrices at once: each centred once, every HSIC in one matrix product;
-    each permutation π of ``shuffles`` reorders the rows and columns of the ``ls`` (shuffling Y's
-    rows), which commutes with centring and U-centering."""
+def cka_matrix_from_grams(ks, ls, estimator: str = "biased", shuffles: list[np.ndarray] = (),
+                          notes_x: list[str] | None = None, notes_y: list[str] | None = None,
+                          centred: bool = False) -> CKAMatrix:
+    """All pairs of Gram matrices at once (``ks``, ``ls``: lists or ``[count, n, n]`` stacks): each
+    centred once, every HSIC in one matrix product; each permutation π of ``shuffles`` reorders
+    the rows and columns of the ``ls`` (shuffling Y's rows), which commutes with centring and
+    U-centering. ``centred``: the Gram matrices are of column-centred data, so HKH = K and the
+    biased estimator skips the centring."""
     n = len(ks[0])
-    kc = [_centred(k, estimator) for k in ks]
-    lc = [_centred(l, estimator) for l in ls]
+    kc, lc = _centred_stack(ks, estimator, centred), _centred_stack(ls, estimator, centred)
     notes_x = list(notes_x) if notes_x is not None else ["" for _ in ks]
     notes_y = list(notes_y) if notes_y is not None else ["" for _ in ls]
     notes_x = [note or ("constant" if _flat_gram(k, c) else "") for note, k, c in zip(notes_x, ks, kc)]
     notes_y = [note or ("constant" if _flat_gram(l, c) else "") for note, l, c in zip(notes_y, ls, lc)]
-    a, b = _rows_of(kc), _rows_of(lc)
+    a, b = kc.reshape(len(kc), -1), lc.reshape(len(lc), -1)
     norms = np.sqrt(np.outer(np.einsum("ij,ij->i", a, a), np.einsum("ij,ij->i", b, b)))
     undefined = np.array([bool(v) for v in notes_x])[:, None] | np.array([bool(v) for v in notes_y])[None, :]
 
@@ -346,18 +353,37 @@ def cka_matrix_from_grams(ks: list[np.ndarray], ls: list[np.ndarray], estimator:
         result[undefined] = np.nan
         return result
 
-    null = np.stack([values(_rows_of([c[np.ix_(p, p)] for c in lc])) for p in shuffles], -1) \
+    null = np.stack([values(lc[:, p][:, :, p].reshape(len(lc), -1)) for p in shuffles], -1) \
         if len(shuffles) else np.empty((len(ks), len(ls), 0))
     null_mean, null_p95 = null_summary(null)
     return CKAMatrix(values(b), null_mean, null_p95, len(shuffles), n, notes_x, notes_y)
 
 
-def _rows_of(matrices: list[np.ndarray]) -> np.ndarray:
-    """The matrices flattened, one per row of a new ``[len, n²]`` array."""
-    rows = np.empty((len(matrices), matrices[0].size))
-    for row, matrix in zip(rows, matrices):
-        row[:] = matrix.ravel()
-    return rows
+def _centred_stack(grams, estimator: str, centred: bool) -> np.ndarray:
+    """The Gram matrices centred for ``estimator`` as one ``[count, n, n]`` array (``grams``
+    itself when it already is one and HKH would not change it)."""
+    if centred and estimator == "biased" and isinstance(grams, np.ndarray):
+        return grams
+    stack = np.empty((len(grams), *np.shape(grams[0])))
+    for out, gram in zip(stack, grams):
+        out[:] = _centred(gram, estimator)
+    return stack
+
+
+def linear_grams(arrays: list) -> tuple[np.ndarray, list[str]]:
+    """The linear Gram matrices of the column-centred arrays as one ``[count, n, n]`` float64
+    stack, each by a symmetric rank-k update (BLAS syrk: half the products of XXᵀ), and each
+    array's note (see :func:`centred_samples`)."""
+    n = len(arrays[0])
+    grams, notes = np.zeros((len(arrays), n, n)), []
+    for gram, x in zip(grams, arrays):
+        centred, note = centred_samples(x)
+        notes.append(note)
+        # syrk fills one triangle of its F-ordered output, here gram.T, in place: gram's lower one.
+        blas.dsyrk(1.0, centred.T, trans=1, c=gram.T, overwrite_c=1)
+        gram += gram.T
+        gram.flat[:: n + 1] /= 2
+    return grams, notes
 
 
 def cka_matrix(xs: list, ys: list, kernel: str = "linear", estimator: str = "biased", multiple: float = 1.0,
@@ -379,11 +405,7 @@ def layer_matrices(xs: list, ys: list, views: list[tuple[str, float]], estimator
     n = len(xs[0])
     if any(len(x) != n for x in [*xs, *ys]):
         raise ValueError("CKA matrices need the same samples in every array")
-    centred_x, centred_y = [centred_samples(x) for x in xs], [centred_samples(y) for y in ys]
-    notes_x, notes_y = [note for _, note in centred_x], [note for _, note in centred_y]
-    linear_x = [c @ c.T for c, _ in centred_x]
-    linear_y = [c @ c.T for c, _ in centred_y]
-    del centred_x, centred_y
+    (linear_x, notes_x), (linear_y, notes_y) = linear_grams(xs), linear_grams(ys)
     distances = None  # per side, per array: (squared distances, their median bandwidth), once for every multiple
     results = {}
 
@@ -392,7 +414,8 @@ def layer_matrices(xs: list, ys: list, views: list[tuple[str, float]], estimator
                 for (d, median), note in zip(side, notes)]
 
     for kernel, multiple in views:
-        if kernel == "linear":
+        centred = kernel == "linear"
+        if centred:
             ks, ls = linear_x, linear_y
         else:
             if distances is None:
@@ -401,7 +424,7 @@ def layer_matrices(xs: list, ys: list, views: list[tuple[str, float]], estimator
             ks, ls = rbf(distances[0], notes_x, multiple), rbf(distances[1], notes_y, multiple)
         for estimator in estimators:
             results[kernel, multiple, estimator] = cka_matrix_from_grams(ks, ls, estimator, shuffles,
-                                                                         notes_x, notes_y)
+                                                                         notes_x, notes_y, centred)
     return results
 
 
@@ -446,7 +469,6 @@ class FrameMoments:
             raise ValueError(f"shifts of {self.shift.size} columns for sets of {total}")
         self.n = 0
         self.moments = np.zeros((total + k + 1, total + k + 1))
-        self.raw_squares = np.zeros(k)  # Σ‖x_i‖² before the shift (is a set all zero?)
 
     # The blocks of Σ w wᵀ, by meaning.
     @property
@@ -489,13 +511,10 @@ class FrameMoments:
         w = np.empty((rows, total + k + 1))
         for index, block in enumerate(blocks):
             w[:, self._slice(index)] = block.reshape(rows, self.widths[index])
-        z, a = w[:, :total], w[:, total:-1]
-        if rows:
-            self.raw_squares += np.add.reduceat(np.einsum("ij,ij->j", z, z), self.edges[:-1])
+        z = w[:, :total]
         z -= self.shift
-        for index in range(k):
-            part = z[:, self._slice(index)]
-            np.einsum("ij,ij->i", part, part, out=a[:, index])
+        if rows:
+            w[:, total:-1] = np.add.reduceat(z * z, self.edges[:-1], axis=1)
         w[:, -1] = 1
         self.n += rows
         self.moments += w.T @ w
@@ -503,12 +522,15 @@ class FrameMoments:
 
     def note(self, index: int = 0) -> str:
         """"all zero", "constant" or "" for set ``index`` (as :func:`degenerate`)."""
-        if self.raw_squares[index] == 0:
-            return "all zero"
         part = self._slice(index)
-        sums = self.sums[part]
-        centred = np.trace(self.gram[part, part]) - np.einsum("i,i->", sums, sums) / self.n
-        return "constant" if centred <= ZERO_VARIANCE_RTOL**2 * self.raw_squares[index] else ""
+        sums, shift = self.sums[part], self.shift[part]
+        shifted = np.trace(self.gram[part, part])
+        # Σ‖x_i‖² before the shift: Σ‖z_i + s‖² = Σ‖z_i‖² + 2 s·Σz_i + n‖s‖² (0 exactly for zeros).
+        raw = shifted + 2 * float(shift @ sums) + self.n * float(shift @ shift)
+        if raw <= 0:
+            return "all zero"
+        centred = shifted - np.einsum("i,i->", sums, sums) / self.n
+        return "constant" if centred <= ZERO_VARIANCE_RTOL**2 * raw else ""
 
     def hsic(self, l: int, m: int, estimator: str) -> float:
         x, y = self._slice(l), self._slice(m)
@@ -614,20 +636,17 @@ class StreamingLinearCKA:
 
 def frame_cka_matrix(arrays: list, estimators: list[str] = ("biased", "debiased")) -> dict[str, np.ndarray]:
     """Linear CKA with frames as samples between every pair of ``arrays`` (the same rows each:
-    Zarr or numpy ``[frames, width]``), streamed in row blocks: a pass for the column means, one
-    for the joint moments. ``{estimator: [len(arrays), len(arrays)]}``."""
+    Zarr or numpy ``[frames, width]``), streamed in row blocks in one pass, each set shifted by
+    the column means of its first 1024 rows (any fixed shift gives the same CKA; one near the
+    mean keeps a large mean from cancelling). ``{estimator: [len(arrays), len(arrays)]}``."""
     widths = [int(np.prod(a.shape[1:])) for a in arrays]
     rows = rows_per_block(sum(widths))
-    total = arrays[0].shape[0]
-    means = []
-    for array, width in zip(arrays, widths):
-        sums = np.zeros(width)
-        for start in range(0, total, rows):
-            sums += np.asarray(array[start : start + rows]).reshape(-1, width).sum(0, dtype=np.float64)
-        means.append(sums / max(total, 1))
-    moments = FrameMoments(widths, means)
-    for start in range(0, total, rows):
-        moments.update(*(np.asarray(a[start : start + rows]) for a in arrays))
+    moments = None
+    for start in range(0, arrays[0].shape[0], rows):
+        blocks = [np.asarray(a[start : start + rows]).reshape(-1, w) for a, w in zip(arrays, widths)]
+        if moments is None:
+            moments = FrameMoments(widths, [block[:1024].mean(0, dtype=np.float64) for block in blocks])
+        moments.update(*blocks)
     return {estimator: moments.cka_matrix(estimator) for estimator in estimators}
 
 
@@ -763,6 +782,8 @@ class Side:
     clip_means: np.ndarray
     clip_note: str  # why CKA of the clip means is undefined ("" if it is defined)
     moments: FrameMoments | None = None
+    basis: np.ndarray | None = None  # of the null's rows (:func:`null_moments`)
+    null_moments: FrameMoments | None = None
 
     @property
     def label(self) -> str:
@@ -802,9 +823,48 @@ def frame_moments(side: Side) -> FrameMoments:
     return side.moments
 
 
+def numerical_basis(moments: FrameMoments) -> np.ndarray | None:
+    """An orthonormal basis ``[p, k]`` of the column space of a set's centred rows without the
+    directions that hold only rounding (eigenvalues of the centred Gram matrix at most
+    ``RANK_RTOL`` of the largest), or None if none is dropped. A B output V = s·UBᵀ has rank r:
+    in this basis it has r columns instead of d_out."""
+    centred = moments.gram - np.outer(moments.sums, moments.sums) / moments.n
+    values, vectors = np.linalg.eigh(centred)
+    kept = values > RANK_RTOL * values[-1]
+    return None if kept.all() else vectors[:, kept]
+
+
+def basis_rows(side: Side, block: np.ndarray) -> np.ndarray:
+    """Rows of ``side`` (float64), centred, in its numerical basis (see :func:`null_moments`)."""
+    centred = block - side.mean
+    return centred if side.basis is None else centred @ side.basis
+
+
+def null_moments(side: Side) -> FrameMoments:
+    """The moments of the side's centred rows in its :func:`numerical_basis` (a third pass, once
+    per side), for the permutation null: rotating the rows leaves linear CKA unchanged, and the
+    dropped directions hold at most ``RANK_RTOL`` of the energy."""
+    if side.null_moments is None:
+        side.basis = numerical_basis(frame_moments(side))
+        moments = FrameMoments([side.mean.size if side.basis is None else side.basis.shape[1]])
+        for _, block in row_blocks(side.array):
+            moments.update(basis_rows(side, block))
+        side.null_moments = moments
+    return side.null_moments
+
+
+def with_norms(rows: np.ndarray) -> np.ndarray:
+    """``[rows, ‖row‖²]``: the operand of :meth:`CrossMoments.update_joined`."""
+    joined = np.empty((len(rows), rows.shape[1] + 1))
+    joined[:, :-1] = rows
+    np.einsum("ij,ij->i", rows, rows, out=joined[:, -1])
+    return joined
+
+
 def frame_pair(x: Side, y: Side, shuffles: list[np.ndarray], estimators: list[str]) -> list[dict]:
-    """Linear CKA with frames as samples, X streamed in row blocks, Y held in memory (float32) to
-    gather its permuted rows; a row per estimator."""
+    """Linear CKA with frames as samples, a row per estimator. The value: X and Y streamed side
+    by side in row blocks. The null: both sides in their numerical bases (:func:`null_moments`),
+    Y held in memory to gather its permuted rows, X streamed; one product per permutation."""
     mx, my = frame_moments(x), frame_moments(y)
     note = level_note((x, y), (mx.note(), my.note()))
     common = {"kernel": "linear", "rbf_multiple": np.nan, "note": note}
@@ -812,32 +872,26 @@ def frame_pair(x: Side, y: Side, shuffles: list[np.ndarray], estimators: list[st
         return [{**common, "estimator": e, "value": np.nan, "null_mean": np.nan, "null_p95": np.nan}
                 for e in estimators]
     p, q = x.mean.size, y.mean.size
-    y_rows = np.asarray(y.array[:], dtype=np.float32).reshape(mx.n, q)
-    y_norms = np.empty(mx.n)
-    for start in range(0, mx.n, rows_per_block(q)):
-        shifted = y_rows[start : start + rows_per_block(q)] - y.mean
-        y_norms[start : start + len(shifted)] = np.einsum("ij,ij->i", shifted, shifted)
-    orders = [None, *shuffles]
-    crosses = [CrossMoments(p, q) for _ in orders]
-    for start, block in row_blocks(x.array, rows_per_block(p + q)):
-        rows = slice(start, start + len(block))
-        xa = np.empty((len(block), p + 1))  # [x, a]
-        xa[:, :p] = block - x.mean
-        np.einsum("ij,ij->i", xa[:, :p], xa[:, :p], out=xa[:, p])
-        yb = np.empty((len(block), q + 1))  # [y, b], refilled for each order of Y's rows
-        for order, cross in zip(orders, crosses):
-            index = rows if order is None else order[rows]
-            yb[:, :q] = y_rows[index]
-            yb[:, :q] -= y.mean
-            yb[:, q] = y_norms[index]
-            cross.update_joined(xa, yb)
-    rows = []
+    rows = rows_per_block(p + q)
+    observed = CrossMoments(p, q)
+    for (_, x_block), (_, y_block) in zip(row_blocks(x.array, rows), row_blocks(y.array, rows)):
+        observed.update_joined(with_norms(x_block - x.mean), with_norms(y_block - y.mean))
+    null_x, null_y = (null_moments(x), null_moments(y)) if len(shuffles) else (None, None)
+    crosses = []
+    if len(shuffles):
+        y_rows = with_norms(np.concatenate([basis_rows(y, block) for _, block in row_blocks(y.array)]))
+        crosses = [CrossMoments(null_x.widths[0], null_y.widths[0]) for _ in shuffles]
+        for start, block in row_blocks(x.array, rows):
+            x_rows = with_norms(basis_rows(x, block))
+            for order, cross in zip(shuffles, crosses):
+                cross.update_joined(x_rows, y_rows[order[start : start + len(block)]])
+    result = []
     for estimator in estimators:
-        values = np.array([cross.cka(mx, my, estimator) for cross in crosses])
-        null_mean, null_p95 = null_summary(values[1:])
-        rows.append({**common, "estimator": estimator, "value": values[0], "null_mean": float(null_mean),
-                     "null_p95": float(null_p95)})
-    return rows
+        null = np.array([cross.cka(null_x, null_y, estimator) for cross in crosses])
+        null_mean, null_p95 = null_summary(null)
+        result.append({**common, "estimator": estimator, "value": observed.cka(mx, my, estimator),
+                       "null_mean": float(null_mean), "null_p95": float(null_p95)})
+    return result
 
 
 def utterance_pair(x: Side, y: Side, views: list[tuple[str, float]], estimators: list[str],
@@ -979,7 +1033,7 @@ def gradient_pairings(stores: dict, settings: dict) -> pd.DataFrame:
                 rows += [{**common, "level": "flattened", **row, "n": clips}
                          for row in flattened_pair(kx, ky, note, settings["kernels"], clip_shuffles)]
         for side in sides.values():
-            side.moments = None  # free the (block, module)'s moments before the next
+            side.moments = side.null_moments = None  # free the (block, module)'s moments before the next
     return order_columns(pd.DataFrame(rows), GRADIENT_COLUMNS)
 
 
