@@ -113,7 +113,7 @@ rule erasure:
         spec=erasure_spec_json,
     log:
         f"results/logs/erasure/{RUN_PATTERN}.log",
-    threads: 2
+    threads: MODEL_JOB_THREADS
     resources:
         gpu=model_job_resource("gpu"),
         cpus_per_gpu=model_job_resource("cpus_per_gpu"),

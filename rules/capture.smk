@@ -12,7 +12,7 @@ rule capture_acts:
         spec=capture_spec_json("acts"),
     log:
         f"results/logs/capture_acts/{RUN_PATTERN}.log",
-    threads: 2
+    threads: MODEL_JOB_THREADS
     resources:
         # GPUs from the config key `gpus`; memory and run time by the model's size class.
         gpu=model_job_resource("gpu"),
@@ -37,7 +37,7 @@ rule capture_grads:
         spec=capture_spec_json("grads"),
     log:
         f"results/logs/capture_grads/{RUN_PATTERN}.log",
-    threads: 2
+    threads: MODEL_JOB_THREADS
     resources:
         gpu=model_job_resource("gpu"),
         cpus_per_gpu=model_job_resource("cpus_per_gpu"),

@@ -149,6 +149,14 @@ def erasure_runs():
             if run.method in TRAINED_METHODS or config["analyses"]["erasure"]["references"]]
 
 
+# Threads of a job that runs the model (train, capture_acts, capture_grads, erasure). One: on the
+# CPU two one-thread jobs side by side get through more than one two-thread job at a time (a
+# Whisper-base capture_acts job: 19.3 s with two threads; two one-thread jobs together, 27.7 s);
+# on a GPU the model does not run on these threads (cpus_per_gpu feeds it). A fixed count also
+# keeps CPU results independent of --cores. A site that wants more: --set-threads train=4.
+MODEL_JOB_THREADS = 1
+
+
 def model_job_resource(name):
     """One resource of a job that runs model {model}: GPUs from the config key `gpus`, memory and
     run time by the model's size class (workflow_scripts/cluster.py). Resources are not params:

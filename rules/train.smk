@@ -17,7 +17,7 @@ rule train:
         out=RUN_DIR,
     log:
         f"results/logs/train/{RUN_PATTERN}.log",
-    threads: 2
+    threads: MODEL_JOB_THREADS
     resources:
         # GPUs from the config key `gpus`; memory and run time by the model's size class.
         gpu=model_job_resource("gpu"),
