@@ -1,0 +1,361 @@
+"""Aggregation of the per-run analysis tables: known answers on small synthetic tables."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from workflow_scripts.atomic import write_table
+from workflow_scripts.errors import InputError
+from workflow_scripts.provenance import read_provenance
+from workflow_scripts.report.aggregate import (
+    CONFIGURATION,
+    PAIRED,
+    RUN_COLUMNS,
+    TABLES,
+    aggregate,
+    main,
+    paired_differences,
+    read_tables,
+)
+from workflow_scripts.report.statistics import summarize
+from workflow_scripts.runs import Run
+
+SEEDS, FOLDS, BLOCKS = (0, 1, 2), (1, 2), (0, 1, 2)
+LORA = dict(method="lora", targets="q_proj+v_proj", rank=8)
+FROZEN = dict(method="frozen", targets="none", rank=0)
+# LoRA − frozen per (seed, fold), plus a per-block shift: no ties, no zeros, a different t per block.
+BASE_DIFFERENCE = {(0, 1): 0.01, (0, 2): -0.02, (1, 1): 0.03, (1, 2): 0.005, (2, 1): 0.015, (2, 2): -0.007}
+BLOCK_SHIFT = {0: 0.0, 1: 0.011, 2: 0.032}
+
+
+def run_of(seed, fold, method="lora", targets="q_proj+v_proj", rank=8, dataset="demo"):
+    return Run(dataset=dataset, protocol="loso_speaker", model="whisper-base", method=method, targets=targets,
+               rank=rank, seed=seed, fold=fold)
+
+
+def with_run(run: Run, rows: list[dict]) -> pd.DataFrame:
+    fields = {"run": run.id, "dataset": run.dataset, "protocol": run.protocol, "model": run.model,
+              "method": run.method, "targets": run.targets, "rank": run.rank, "seed": run.seed, "fold": run.fold}
+    return pd.DataFrame([{**fields, **row} for row in rows])
+
+
+def frozen_value(seed, fold, block):
+    return 0.5 + 0.1 * block + 0.01 * seed + 0.001 * fold
+
+
+def lora_value(seed, fold, block):
+    return frozen_value(seed, fold, block) + BASE_DIFFERENCE[(seed, fold)] + BLOCK_SHIFT[block]
+
+
+def contribution_run(run: Run, value) -> pd.DataFrame:
+    rows = [{"block": block, "statistic": "ratio", "value": value(run.seed, run.fold, block), "clips": 10,
+             "frames": 100 + run.seed} for block in BLOCKS]
+    if run.method == "lora":  # a statistic only LoRA runs have: it has no frozen partner
+        rows.append({"block": 0, "statistic": "lora_norm", "value": 1.0 + run.seed, "clips": 10, "frames": 100})
+    return with_run(run, rows)
+
+
+@pytest.fixture
+def contribution():
+    """2 configurations (LoRA r8, frozen) × 3 seeds × 2 folds."""
+    frames = [contribution_run(run_of(seed, fold, **LORA), lora_value) for seed in SEEDS for fold in FOLDS]
+    frames += [contribution_run(run_of(seed, fold, **FROZEN), frozen_value) for seed in SEEDS for fold in FOLDS]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_tables_cover_every_analysis():
+    assert set(TABLES) == {"contribution", "contribution_difference", "logit_lens", "probes", "erasure", "spectra",
+                           "spectra_comparison", "weight_spectra", "subspaces", "cka", "cka_lora_frozen",
+                           "cka_seeds", "embeddings"}
+    assert CONFIGURATION == ["dataset", "protocol", "model", "method", "targets", "rank"]
+    assert RUN_COLUMNS == ["run", "seed", "fold"]
+    assert "k" in TABLES["spectra"].keys and "k" in TABLES["weight_spectra"].keys
+    assert set(PAIRED) <= set(TABLES)
+
+
+def test_aggregate_mean_std_runs_per_configuration(contribution):
+    table = aggregate(contribution, "contribution")
+    assert len(table) == 2 * 3 + 1  # 2 configurations × 3 blocks, and the LoRA-only statistic
+    row = table[(table["method"] == "lora") & (table["block"] == 1) & (table["statistic"] == "ratio")].iloc[0]
+    values = [lora_value(seed, fold, 1) for seed in SEEDS for fold in FOLDS]
+    assert (row["runs"], row["seeds"], row["folds"], row["missing"]) == (6, 3, 2, 0)
+    assert row["mean"] == pytest.approx(np.mean(values))
+    assert row["std"] == pytest.approx(np.std(values, ddof=1))
+    half = stats.t.ppf(0.975, 5) * np.std(values, ddof=1) / np.sqrt(6)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
+    assert row["interval"] == "t"
+    assert row["clips_mean"] == 10
+    assert row["frames_mean"] == pytest.approx(101.0)  # seeds 0, 1, 2 over both folds
+    assert list(table.columns[:8]) == CONFIGURATION + ["block", "statistic"]
+
+
+def test_aggregate_small_run_counts_use_the_bootstrap_and_count_nan(contribution):
+    part = contribution[(contribution["method"] == "frozen") & (contribution["seed"] < 2)].copy()
+    part.loc[(part["block"] == 2) & (part["seed"] == 1) & (part["fold"] == 2), "value"] = np.nan
+    table = aggregate(part, "contribution", seed=5).set_index("block")
+    assert table.loc[0, "runs"] == 4 and table.loc[0, "interval"] == "bootstrap"
+    values = [frozen_value(seed, fold, 0) for seed in (0, 1) for fold in FOLDS]
+    expected = summarize(values, seed=5)
+    assert (table.loc[0, "ci_low"], table.loc[0, "ci_high"]) == pytest.approx((expected["ci_low"], expected["ci_high"]))
+    assert (table.loc[2, "runs"], table.loc[2, "missing"], table.loc[2, "seeds"]) == (3, 1, 2)
+
+
+def test_aggregate_is_deterministic_whatever_the_row_order(contribution):
+    first = aggregate(contribution, "contribution", seed=1)
+    shuffled = contribution.sample(frac=1.0, random_state=4).reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, aggregate(shuffled, "contribution", seed=1))
+    # dropping a configuration leaves the other's rows (and bootstrap) as they were
+    lora_only = aggregate(contribution[contribution["method"] == "lora"], "contribution", seed=1)
+    pd.testing.assert_frame_equal(lora_only, first[first["method"] == "lora"].reset_index(drop=True))
+
+
+def cka_layer_run(run: Run) -> pd.DataFrame:
+    rows = []
+    for layer in (0, 1):
+        for kernel, multiple in (("linear", np.nan), ("rbf", 0.5), ("rbf", 1.0)):
+            value = 0.9 - 0.1 * layer + (0.0 if kernel == "linear" else multiple / 10) + 0.01 * run.seed
+            rows.append({"pairing": "lora_vs_frozen", "layer_a": layer, "layer_b": layer, "kernel": kernel,
+                         "rbf_multiple": multiple, "estimator": "unbiased", "value": value, "null_mean": 0.01,
+                         "null_p95": 0.02 + 0.01 * run.fold, "permutations": 100, "n": 50,
+                         "other_run": "x", "note": ""})
+    return with_run(run, rows)
+
+
+def test_nan_keys_group_as_their_own_value():
+    table = pd.concat([cka_layer_run(run_of(seed, fold)) for seed in SEEDS for fold in FOLDS])
+    result = aggregate(table, "cka_lora_frozen")
+    assert len(result) == 2 * 3
+    assert (result["runs"] == 6).all()
+    linear = result[(result["kernel"] == "linear") & (result["layer_a"] == 1)].iloc[0]
+    assert np.isnan(linear["rbf_multiple"])
+    assert linear["mean"] == pytest.approx(0.8 + 0.01)  # seeds 0, 1, 2 average to 1
+    assert linear["null_p95_mean"] == pytest.approx(0.035)
+    rbf = result[(result["kernel"] == "rbf") & (result["rbf_multiple"] == 1.0) & (result["layer_a"] == 0)].iloc[0]
+    assert rbf["mean"] == pytest.approx(0.9 + 0.1 + 0.01)
+
+
+def test_spectra_scalars_and_curves_with_an_empty_k():
+    frames = []
+    for seed in SEEDS:
+        run = run_of(seed, 1)
+        rows = [{"block": 0, "module": "v_proj", "quantity": "a_out", "statistic": "cumulative_energy", "k": k,
+                 "value": 0.5 * k + 0.01 * seed, "all_zero": False} for k in (1, 2)]
+        rows.append({"block": 0, "module": "v_proj", "quantity": "a_out", "statistic": "k90", "k": pd.NA,
+                     "value": 2.0 + seed, "all_zero": False})
+        frame = with_run(run, rows)
+        frame["k"] = frame["k"].astype("Int64")
+        frames.append(frame)
+    result = aggregate(pd.concat(frames, ignore_index=True), "spectra")
+    assert len(result) == 3
+    k90 = result[result["statistic"] == "k90"].iloc[0]
+    assert pd.isna(k90["k"]) and k90["mean"] == pytest.approx(3.0) and k90["runs"] == 3
+    curve = result[result["statistic"] == "cumulative_energy"].sort_values("k")
+    assert curve["mean"].tolist() == pytest.approx([0.51, 1.01])
+    assert (curve["all_zero_mean"] == 0).all()
+
+
+def subspace_table(pairs) -> pd.DataFrame:
+    rows = []
+    for first, second in pairs:
+        run_1, run_2 = sorted([first.id, second.id])
+        differs = "+".join(f for f in ("rank", "seed", "fold") if getattr(first, f) != getattr(second, f))
+        for block in (0, 1):
+            value = 0.2 + 0.1 * block + 0.01 * (first.seed + second.seed)
+            rows.append({"dataset": first.dataset, "protocol": first.protocol, "model": first.model,
+                         "method": first.method, "targets": first.targets, "run_1": run_1, "run_2": run_2,
+                         "differs": differs, "block": block, "module": "v_proj", "d_out": 512,
+                         "k1": first.rank, "k2": second.rank, "mean_cos2": value, "max_cos": 2 * value,
+                         "chance": max(first.rank, second.rank) / 512, "all_zero": False})
+    return pd.DataFrame(rows)
+
+
+def test_subspaces_aggregate_pairs_per_measure_and_rank():
+    pairs = [(run_of(0, 1), run_of(1, 1)), (run_of(0, 1), run_of(2, 1)), (run_of(1, 1), run_of(2, 1)),
+             (run_of(0, 1, rank=4), run_of(1, 1, rank=4)), (run_of(0, 1, rank=4), run_of(0, 1))]
+    result = aggregate(subspace_table(pairs), "subspaces")
+    assert "rank" not in result.columns
+    seed_r8 = result[(result["differs"] == "seed") & (result["rank_1"] == 8) & (result["block"] == 1)]
+    assert set(seed_r8["measure"]) == {"mean_cos2", "max_cos"}
+    cos2 = seed_r8.set_index("measure").loc["mean_cos2"]
+    assert (cos2["runs"], cos2["seeds"], cos2["folds"]) == (3, 3, 1)  # 3 pairs over seeds 0, 1, 2
+    assert cos2["mean"] == pytest.approx(0.3 + 0.01 * (1 + 2 + 3) / 3)
+    assert cos2["chance_mean"] == pytest.approx(8 / 512)
+    assert seed_r8.set_index("measure").loc["max_cos", "mean"] == pytest.approx(2 * cos2["mean"])
+    seed_r4 = result[(result["differs"] == "seed") & (result["rank_1"] == 4)]
+    assert (seed_r4["runs"] == 1).all() and (seed_r4["interval"] == "none").all()
+    rank = result[result["differs"] == "rank"]
+    assert set(zip(rank["rank_1"], rank["rank_2"])) == {(4, 8)}
+
+
+def test_paired_differences_against_scipy_with_holm_across_blocks(contribution):
+    paired = paired_differences(contribution, "contribution")
+    assert set(paired["statistic"]) == {"ratio"}  # the LoRA-only statistic has no frozen partner
+    assert len(paired) == 3
+    assert (paired["method"] == "lora").all() and (paired["rank"] == 8).all()
+    for block in BLOCKS:
+        row = paired[paired["block"] == block].iloc[0]
+        lora = np.array([lora_value(seed, fold, block) for seed in SEEDS for fold in FOLDS])
+        frozen = np.array([frozen_value(seed, fold, block) for seed in SEEDS for fold in FOLDS])
+        assert (row["pairs"], row["seeds"], row["folds"]) == (6, 3, 2)
+        assert row["mean_difference"] == pytest.approx(np.mean(lora - frozen))
+        assert row["mean_difference"] == pytest.approx(np.mean(list(BASE_DIFFERENCE.values())) + BLOCK_SHIFT[block])
+        assert row["lora_mean"] - row["frozen_mean"] == pytest.approx(row["mean_difference"])
+        t = stats.ttest_rel(lora, frozen)
+        assert (row["t_statistic"], row["t_p"]) == pytest.approx((t.statistic, t.pvalue))
+        w = stats.wilcoxon(lora - frozen)
+        assert (row["wilcoxon_statistic"], row["wilcoxon_p"]) == pytest.approx((w.statistic, w.pvalue))
+        assert row["interval"] == "t" and row["test_note"] == ""
+    # Holm by hand over the three blocks' t p-values
+    p = paired.sort_values("block")["t_p"].to_numpy()
+    order = np.argsort(p)
+    expected = np.empty(3)
+    running = 0.0
+    for position, index in enumerate(order):
+        running = max(running, min(1.0, (3 - position) * p[index]))
+        expected[index] = running
+    assert paired.sort_values("block")["t_p_holm"].to_numpy() == pytest.approx(expected)
+    assert (paired["t_p_holm"] >= paired["t_p"]).all()
+
+
+def test_paired_differences_families_and_small_samples(contribution):
+    few = contribution[(contribution["seed"] == 0) & (contribution["statistic"] == "ratio")]  # 2 pairs per block
+    twice = few.copy()
+    twice["statistic"] = "cosine"  # a second quantity: its own Holm family
+    twice["value"] = twice["value"] * 0.5
+    paired = paired_differences(pd.concat([few, twice], ignore_index=True), "contribution")
+    assert len(paired) == 6
+    assert (paired["pairs"] == 2).all() and (paired["interval"] == "bootstrap").all()
+    assert (paired["test_note"] == "fewer than 6 pairs for Wilcoxon").all()
+    assert paired["wilcoxon_p"].isna().all() and paired["wilcoxon_p_holm"].isna().all()
+    for _, family in paired.groupby("statistic"):
+        family = family.sort_values("block")
+        assert family["t_p_holm"].to_numpy() == pytest.approx(
+            np.minimum(1.0, np.maximum.accumulate(np.sort(family["t_p"].to_numpy()) * [3, 2, 1]))[
+                np.argsort(np.argsort(family["t_p"].to_numpy()))])
+    one = paired_differences(contribution[(contribution["seed"] == 0) & (contribution["fold"] == 1)], "contribution")
+    assert (one["test_note"] == "1 pair").all() and one["t_p"].isna().all()
+
+
+def test_paired_differences_without_frozen_runs_is_empty(contribution):
+    paired = paired_differences(contribution[contribution["method"] == "lora"], "contribution")
+    assert paired.empty
+    assert {"pairs", "mean_difference", "t_p_holm", "wilcoxon_p_holm", "test_note"} <= set(paired.columns)
+    with pytest.raises(InputError, match="paired"):
+        paired_differences(contribution, "spectra")
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def write_run_tables(folder, frame, config_hash="h1", settings=None):
+    """One Parquet per run (as the analyses write them), with provenance."""
+    paths = []
+    for run_id, part in frame.groupby("run", sort=True):
+        path = folder / run_id / "table.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_table(path, part.reset_index(drop=True),
+                    provenance={"step": "contribution", "config_hash": config_hash,
+                                "settings": settings or {"split": "test"}})
+        paths.append(str(path))
+    return paths
+
+
+def test_read_tables_checks_columns(tmp_path, contribution):
+    paths = write_run_tables(tmp_path, contribution)
+    table = read_tables(paths, "contribution", expected_hash="h1", expected_runs=sorted(contribution["run"].unique()))
+    assert len(table) == len(contribution)
+    broken = tmp_path / "broken.parquet"
+    write_table(broken, contribution.drop(columns=["statistic"]).head(3), provenance={"config_hash": "h1"})
+    with pytest.raises(InputError, match=r"broken\.parquet.*statistic"):
+        read_tables([*paths, str(broken)], "contribution")
+    with pytest.raises(InputError, match="no such"):
+        read_tables([str(tmp_path / "absent.parquet")], "contribution")
+
+
+def test_read_tables_rejects_a_table_from_other_settings(tmp_path, contribution):
+    paths = write_run_tables(tmp_path / "new", contribution[contribution["seed"] > 0])
+    old = write_run_tables(tmp_path / "old", contribution[contribution["seed"] == 0], config_hash="h0",
+                           settings={"split": "validation"})
+    with pytest.raises(InputError) as error:
+        read_tables(paths + old, "contribution", expected_hash="h1")
+    message = str(error.value)
+    assert old[0] in message and "h0" in message and "h1" in message and "validation" in message
+    assert "rerun the analysis (a table from an older config?)" in message
+
+
+def test_read_tables_checks_the_runs(tmp_path, contribution):
+    paths = write_run_tables(tmp_path, contribution)
+    runs = sorted(contribution["run"].unique())
+    absent = run_of(5, 1).id
+    with pytest.raises(InputError, match=f"(?s)contribution: no table.*{re.escape(absent)}"):
+        read_tables(paths, "contribution", expected_runs=[*runs, absent])
+    with pytest.raises(InputError) as error:
+        read_tables(paths, "contribution", expected_runs=runs[1:])
+    assert runs[0] in str(error.value) and paths[0] in str(error.value)
+    with pytest.raises(InputError, match="holds too"):
+        read_tables([*paths, paths[0]], "contribution")
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def test_cli_end_to_end(tmp_path, contribution):
+    paths = write_run_tables(tmp_path / "tables", contribution)
+    out, paired_out = tmp_path / "agg" / "contribution.parquet", tmp_path / "agg" / "contribution.paired.parquet"
+    main(["--analysis", "contribution", "--tables", *paths, "--out", str(out), "--paired-out", str(paired_out),
+          "--expected-hash", "h1", "--expected-runs", *sorted(contribution["run"].unique()), "--seed", "3"])
+    pd.testing.assert_frame_equal(pd.read_parquet(out), aggregate(contribution, "contribution", seed=3),
+                                  check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(paired_out), paired_differences(contribution, "contribution", seed=3),
+                                  check_dtype=False)
+    record = read_provenance(out)
+    assert record["step"] == "aggregate" and record["settings"]["analysis"] == "contribution"
+    assert {item["config_hash"] for item in record["inputs"]} == {"h1"}
+    assert read_provenance(paired_out)["step"] == "aggregate_paired"
+
+
+def test_cli_writes_nothing_on_bad_input(tmp_path, contribution):
+    paths = write_run_tables(tmp_path / "tables", contribution)
+    out, paired_out = tmp_path / "agg" / "a.parquet", tmp_path / "agg" / "p.parquet"
+    arguments = ["--analysis", "contribution", "--tables", *paths, "--out", str(out), "--paired-out", str(paired_out)]
+    with pytest.raises(InputError, match="older config"):
+        main([*arguments, "--expected-hash", "other"])
+    with pytest.raises(InputError, match="not in the expected grid"):
+        main([*arguments, "--expected-runs", run_of(0, 1).id])  # every other run is outside the grid
+    with pytest.raises(InputError, match="--paired-out"):
+        main(["--analysis", "spectra", "--tables", *paths, "--out", str(out), "--paired-out", str(paired_out)])
+    assert not out.exists() and not paired_out.exists()
+    assert not (tmp_path / "agg").exists() or not any((tmp_path / "agg").iterdir())
+
+
+def test_cli_help():
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+
+
+def test_embeddings_group_plays_the_run(tmp_path):
+    rows = []
+    for seed in (0, 1):
+        group = f"demo/loso_speaker/whisper-base/lora/q_proj+v_proj/seed{seed}/fold1"
+        for rank in (4, 8):
+            rows.append({"group": group, "dataset": "demo", "protocol": "loso_speaker", "model": "whisper-base",
+                         "method": "lora", "targets": "q_proj+v_proj", "seed": seed, "fold": 1, "rank": rank,
+                         "block": 0, "module": "v_proj", "space": "features", "statistic": "knn_uar",
+                         "value": 0.3 + 0.01 * rank + 0.1 * seed, "knn_cv": "leave-one-out (one speaker)",
+                         "clips": 20})
+    frame = pd.DataFrame(rows)
+    path = tmp_path / "e.parquet"
+    write_table(path, frame, provenance={"config_hash": "e"})
+    groups = sorted(frame["group"].unique())
+    table = read_tables([str(path)], "embeddings", expected_hash="e", expected_runs=groups)
+    result = aggregate(table, "embeddings").set_index("rank")
+    assert result.loc[8, "mean"] == pytest.approx(0.38 + 0.05)
+    assert (result["runs"] == 2).all() and (result["seeds"] == 2).all()
+    with pytest.raises(InputError, match="fold1"):
+        read_tables([str(path)], "embeddings", expected_runs=groups[:1])
+    json.dumps(result.reset_index().to_dict("records"), default=str)  # plain values, nothing exotic
