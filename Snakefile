@@ -9,12 +9,16 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow_scripts/report/captions/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/train.smk"
 include: "rules/capture.smk"
 include: "rules/analyses.smk"
+include: "rules/report.smk"
 
 
 rule all:

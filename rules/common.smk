@@ -13,10 +13,12 @@ sys.path.insert(0, workflow.basedir)
 
 import pandas as pd
 
-from workflow_scripts.analyses.settings import erasure_settings
+from workflow_scripts.analyses.settings import SECTIONS as ANALYSIS_SECTIONS
+from workflow_scripts.analyses.settings import analysis_settings, erasure_settings
 from workflow_scripts.capture.settings import capture_settings
 from workflow_scripts.cluster import model_job_resources
-from workflow_scripts.config import validate_config
+from workflow_scripts.report.captions import describe_runs
+from workflow_scripts.config import config_hash, validate_config
 from workflow_scripts.data.audio_cache import audio_cache_settings
 from workflow_scripts.data.folds import PROTOCOLS, fold_settings
 from workflow_scripts.runs import (
@@ -61,6 +63,7 @@ wildcard_constraints:
     rank=r"\d+",
     seed=r"\d+",
     fold=r"\d+",
+    analysis="|".join(ANALYSIS_SECTIONS),
 
 
 def as_json(settings):
@@ -315,6 +318,83 @@ def run_outputs(run):
     return [path_of(str(path), run) for path in rules.train.output]
 
 
+def analysis_runs():
+    """{analysis: the runs it is computed for} of every per-run analysis: each is made only where
+    the runs it compares are in the grid."""
+    grid = grid_by_id()
+    runs = list(grid.values())
+    lora_with_frozen = [run for run in runs if run.method == "lora" and frozen_run(run).id in grid]
+    lora_with_references = [run for run in runs if run.method == "lora" and untrained_references(run)]
+    adapted = [run for run in runs if run.method in LORA_METHODS]
+    return {
+        **{name: runs for name in ANALYSES},
+        "contribution_difference": lora_with_frozen,  # LoRA − frozen
+        "erasure": erasure_runs(),
+        "spectra": adapted,
+        "weight_spectra": adapted,
+        "spectra_comparison": lora_with_references,
+        "cka": lora_with_references,
+        "cka_lora_frozen": lora_with_frozen,
+        "cka_seeds": [run for run, _ in seed_pairs()],
+    }
+
+
+def analysis_ids(name):
+    """The ids of what analysis ``name`` has one table of: runs, or comparison groups."""
+    if name == "subspaces":
+        return sorted(subspace_groups())
+    if name == "embeddings":
+        return sorted(embedding_groups())
+    return sorted(run.id for run in analysis_runs()[name])
+
+
+def analysis_tables(name):
+    """Every table of analysis ``name`` in the grid."""
+    if name in ("subspaces", "embeddings"):
+        return [f"results/analyses/{name}/{group}.parquet" for group in analysis_ids(name)]
+    return [path_of(analysis_output(name, "parquet"), run) for run in analysis_runs()[name]]
+
+
+# ---- the report ----
+
+# The analyses compared LoRA − frozen over matched seeds and folds (paired tests).
+PAIRED_ANALYSES = ("contribution", "logit_lens", "probes", "erasure")
+
+
+def aggregate_tables(wildcards):
+    return analysis_tables(wildcards.analysis)
+
+
+def aggregate_expectations(wildcards):
+    """What the aggregation checks its tables against: the ids of the runs (or groups) the grid
+    computes the analysis for, and the hash of the settings the config gives it (per dataset:
+    erasure's depend on the dataset's classes)."""
+    name = wildcards.analysis
+    datasets = sorted({run.dataset for run in analysis_runs().get(name, training_runs())})
+    hashes = [f"{d}={config_hash(analysis_settings(name, config, d))}" for d in datasets]
+    return " ".join(["--expected-runs", *map(shlex.quote, analysis_ids(name)), "--expected-hash", *hashes])
+
+
+def report_analyses():
+    """The analyses with at least one table in the grid (the others have nothing to aggregate)."""
+    return [name for name in ANALYSIS_SECTIONS if analysis_ids(name)]
+
+
+def report_outputs():
+    """What the report reads: the aggregate of every analysis in the grid, the paired tables, the
+    findings and the config page."""
+    analyses = report_analyses()
+    outputs = [f"results/report/tables/{name}.parquet" for name in analyses]
+    outputs += [f"results/report/tables/{name}.paired.parquet" for name in PAIRED_ANALYSES if name in analyses]
+    outputs += ["results/report/findings.csv", "results/report/findings.html", "results/report/config.html"]
+    return outputs
+
+
+def report_runs_text(wildcards):
+    """The runs behind the report, described for a caption."""
+    return describe_runs(training_runs())
+
+
 def final_outputs(wildcards):
     """What `snakemake` with no target builds: every output of every step, so that one that
     goes missing (a deleted run folder, a feature cache) is rebuilt, together with what reads it."""
@@ -331,26 +411,13 @@ def final_outputs(wildcards):
     models = [f"results/models/{model}" for model in MODELS]
     runs = [path for run in training_runs() for path in run_outputs(run)]
     stores = [f"results/acts/{run.id}/{kind}.zarr" for run in training_runs() for kind in ("acts", "grads")]
-    runs_by_id = {run.id: run for run in training_runs()}
-    analyses = [(name, run) for run in runs_by_id.values() for name in ANALYSES]
-    # LoRA − frozen contribution, for each trained LoRA run whose frozen counterpart is in the grid.
-    analyses += [("contribution_difference", run) for run in runs_by_id.values()
-                 if run.method == "lora" and frozen_run(run).id in runs_by_id]
-    analyses += [("erasure", run) for run in erasure_runs()]
-    analyses += [(name, run) for run in runs_by_id.values() if run.method in LORA_METHODS
-                 for name in ("spectra", "weight_spectra")]
-    analyses += [(name, run) for run in runs_by_id.values() if run.method == "lora" and untrained_references(run)
-                 for name in ("spectra_comparison", "cka")]
-    analyses += [("cka_lora_frozen", run) for run in runs_by_id.values()
-                 if run.method == "lora" and frozen_run(run).id in runs_by_id]
-    analyses += [("cka_seeds", run) for run, _ in seed_pairs()]
-    analyses = [path_of(analysis_output(name, suffix), run) for name, run in analyses
-                for suffix in ("parquet", "png", "svg")]
-    analyses += [path_of(analysis_output("spectra_comparison", suffix), run) for run in runs_by_id.values()
-                 if run.method == "lora" and untrained_references(run) for suffix in ("top10.png", "top10.svg")]
+    analyses = [path_of(analysis_output(name, suffix), run) for name, runs in analysis_runs().items()
+                for run in runs for suffix in ("parquet", "png", "svg")]
+    analyses += [path_of(analysis_output("spectra_comparison", suffix), run)
+                 for run in analysis_runs()["spectra_comparison"] for suffix in ("top10.png", "top10.svg")]
     analyses += [f"results/analyses/subspaces/{group}.{suffix}" for group in subspace_groups()
                  for suffix in ("parquet", "png", "svg")]
     analyses += [f"results/analyses/embeddings/{group}.{suffix}" for group in embedding_groups()
                  for suffix in ("parquet", "coords.parquet", "png", "svg", "pca.png", "pca.svg")]
     tables = ["results/tables/performance.csv", "results/tables/performance.md"]
-    return data + features + models + runs + stores + analyses + tables
+    return data + features + models + runs + stores + analyses + tables + report_outputs()

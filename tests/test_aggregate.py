@@ -19,6 +19,7 @@ from workflow_scripts.report.aggregate import (
     aggregate,
     main,
     paired_differences,
+    parse_expected_hash,
     read_tables,
 )
 from workflow_scripts.report.statistics import summarize
@@ -285,6 +286,20 @@ def test_read_tables_rejects_a_table_from_other_settings(tmp_path, contribution)
     message = str(error.value)
     assert old[0] in message and "h0" in message and "h1" in message and "validation" in message
     assert "rerun the analysis (a table from an older config?)" in message
+
+
+def test_the_expected_hash_can_be_per_dataset(tmp_path, contribution):
+    paths = write_run_tables(tmp_path, contribution)
+    dataset = contribution["dataset"].iloc[0]
+    assert len(read_tables(paths, "contribution", expected_hash={dataset: "h1", "other": "h9"})) == len(contribution)
+    with pytest.raises(InputError, match="hash to h9"):
+        read_tables(paths, "contribution", expected_hash={dataset: "h9"})
+    with pytest.raises(InputError, match=r"settings are known for \['other'\]"):
+        read_tables(paths, "contribution", expected_hash={"other": "h1"})
+    assert parse_expected_hash(["abc"]) == "abc"
+    assert parse_expected_hash(["a=1", "b=2"]) == {"a": "1", "b": "2"}
+    with pytest.raises(InputError, match="DATASET=HASH"):
+        parse_expected_hash(["a=1", "b"])
 
 
 def test_read_tables_checks_the_runs(tmp_path, contribution):

@@ -366,10 +366,11 @@ def _settings_text(record: dict) -> str:
     return json.dumps(record["settings"], sort_keys=True, default=str)
 
 
-def read_tables(paths: Sequence[str | Path], analysis: str, expected_hash: str | None = None,
+def read_tables(paths: Sequence[str | Path], analysis: str, expected_hash: str | dict[str, str] | None = None,
                 expected_runs: Sequence[str] | None = None) -> pd.DataFrame:
     """The per-run tables of ``analysis`` as one frame, after checking each file's columns, its
-    provenance's ``config_hash`` (when ``expected_hash`` is given) and, with ``expected_runs``
+    provenance's ``config_hash`` (when ``expected_hash`` is given: one hash, or one per dataset,
+    ``{dataset: hash}``, for settings that depend on the dataset) and, with ``expected_runs``
     (run ids; group ids for embeddings and subspaces), that the tables hold exactly those runs.
     Every failed check is an :class:`InputError` naming the file (or the missing runs)."""
     from workflow_scripts.provenance import read_provenance
@@ -391,12 +392,13 @@ def read_tables(paths: Sequence[str | Path], analysis: str, expected_hash: str |
             raise InputError(f"{path}: not a {analysis} table: it lacks the column(s) {missing} "
                              f"(it has {list(frame.columns)})")
         if expected_hash is not None:
+            expected = _expected_hash_of(frame, expected_hash, path, analysis)
             record = read_provenance(path)
             found = record.get("config_hash")
-            if found != expected_hash:
+            if found != expected:
                 raise InputError(
                     f"{path}: made with settings whose hash is {found} ({_settings_text(record)}), "
-                    f"but the {analysis} settings now hash to {expected_hash}: {STALE_HINT}")
+                    f"but the {analysis} settings now hash to {expected}: {STALE_HINT}")
         for sample in sample_ids(frame, analysis):
             if sample in owner:
                 raise InputError(f"{path}: holds {analysis} rows of {sample}, which {owner[sample]} holds too: "
@@ -419,6 +421,29 @@ def read_tables(paths: Sequence[str | Path], analysis: str, expected_hash: str |
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
+def _expected_hash_of(frame: pd.DataFrame, expected_hash: str | dict[str, str], path: str, analysis: str) -> str:
+    """The hash a table must carry: the one given, or its dataset's."""
+    if isinstance(expected_hash, str):
+        return expected_hash
+    datasets = sorted(frame["dataset"].dropna().unique()) if "dataset" in frame.columns else []
+    if len(datasets) != 1 or datasets[0] not in expected_hash:
+        raise InputError(f"{path}: a {analysis} table of dataset(s) {datasets}; the settings are known for "
+                         f"{sorted(expected_hash)}")
+    return expected_hash[datasets[0]]
+
+
+def parse_expected_hash(values: Sequence[str] | None) -> str | dict[str, str] | None:
+    """``--expected-hash``: one hash, or ``DATASET=HASH`` per dataset."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return values[0]
+    pairs = [value.partition("=") for value in values]
+    if any(not name or not sep or not digest for name, sep, digest in pairs):
+        raise InputError(f"--expected-hash {' '.join(values)}: give one hash, or DATASET=HASH per dataset")
+    return {name: digest for name, _, digest in pairs}
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
@@ -437,9 +462,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = entry_parser("workflow_scripts.report.aggregate", __doc__, settings=False)
     parser.add_argument("--analysis", required=True, choices=sorted(TABLES), help="which analysis the tables are of")
     parser.add_argument("--tables", nargs="+", required=True, help="the analysis's per-run tables (.parquet)")
-    parser.add_argument("--out", required=True, help="the aggregate table (.parquet, or .csv/.tsv)")
+    parser.add_argument("--out", help="the aggregate table (.parquet, or .csv/.tsv)")
     parser.add_argument("--paired-out", help=f"the LoRA − frozen table (only for {', '.join(PAIRED)})")
-    parser.add_argument("--expected-hash", help="the config_hash every table's provenance must carry")
+    parser.add_argument("--expected-hash", nargs="+",
+                        help="the config_hash every table's provenance must carry, or DATASET=HASH per dataset")
     parser.add_argument("--expected-runs", nargs="+",
                         help="the run ids (group ids for embeddings and subspaces) the tables must cover, no more")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
@@ -447,26 +473,29 @@ def main(argv: list[str] | None = None) -> None:
     if args.paired_out is not None and args.analysis not in PAIRED:
         raise InputError(f"--paired-out: paired LoRA − frozen tables are made for {', '.join(PAIRED)}, "
                          f"not {args.analysis}")
-    _check_output(args.out, "--out")
-    if args.paired_out is not None:
-        _check_output(args.paired_out, "--paired-out")
+    if args.out is None and args.paired_out is None:
+        raise InputError("give --out (the aggregate), --paired-out (the paired table) or both")
+    for path, option in ((args.out, "--out"), (args.paired_out, "--paired-out")):
+        if path is not None:
+            _check_output(path, option)
+    expected_hash = parse_expected_hash(args.expected_hash)
 
-    table = read_tables(args.tables, args.analysis, args.expected_hash, args.expected_runs)
-    aggregated = aggregate(table, args.analysis, args.seed)
+    table = read_tables(args.tables, args.analysis, expected_hash, args.expected_runs)
+    aggregated = aggregate(table, args.analysis, args.seed) if args.out is not None else None
     paired = paired_differences(table, args.analysis, args.seed) if args.paired_out is not None else None
 
     settings = {"analysis": args.analysis, "seed": args.seed, "confidence": CONFIDENCE,
                 "bootstrap_below": BOOTSTRAP_BELOW, "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
                 "wilcoxon_min_pairs": WILCOXON_MIN_PAIRS}
     inputs = [{"path": path, "config_hash": read_provenance(path).get("config_hash")} for path in args.tables]
-    write_table(args.out, aggregated,
-                provenance=provenance("aggregate", settings, inputs=inputs, expected_hash=args.expected_hash))
+    if aggregated is not None:
+        write_table(args.out, aggregated,
+                    provenance=provenance("aggregate", settings, inputs=inputs, expected_hash=expected_hash))
     if paired is not None:
         write_table(args.paired_out, paired,
-                    provenance=provenance("aggregate_paired", settings, inputs=inputs,
-                                          expected_hash=args.expected_hash))
-    log.info("%s: %d tables -> %d aggregate rows%s", args.analysis, len(args.tables), len(aggregated),
-             "" if paired is None else f", {len(paired)} paired rows")
+                    provenance=provenance("aggregate_paired", settings, inputs=inputs, expected_hash=expected_hash))
+    log.info("%s: %d tables -> %s aggregate rows%s", args.analysis, len(args.tables),
+             "no" if aggregated is None else len(aggregated), "" if paired is None else f", {len(paired)} paired rows")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+# The report: every analysis table aggregated across seeds and folds (with intervals), LoRA vs
+# frozen paired tests, the paper's figures with bands, the findings table, and what
+# `snakemake --report results/report.html` shows (each output marked report(...) below).
+
+
+# One table per analysis: mean, std and a 95 % interval over runs per configuration. It refuses
+# a grid run's missing table and a table whose settings are not the config's (an older config).
+rule aggregate:
+    input:
+        tables=aggregate_tables,
+    output:
+        "results/report/tables/{analysis}.parquet",
+    params:
+        expected=aggregate_expectations,
+    log:
+        "results/logs/report/aggregate/{analysis}.log",
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m workflow_scripts.report.aggregate --analysis {wildcards.analysis}"
+        " --tables {input.tables:q} {params.expected} --out {output} 2> {log}"
+
+
+# LoRA − frozen over matched seeds and folds: paired t and Wilcoxon, Holm across layers.
+rule paired:
+    input:
+        tables=aggregate_tables,
+    output:
+        "results/report/tables/{analysis}.paired.parquet",
+    params:
+        expected=aggregate_expectations,
+    log:
+        "results/logs/report/paired/{analysis}.log",
+    wildcard_constraints:
+        analysis="|".join(PAIRED_ANALYSES),
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m workflow_scripts.report.aggregate --analysis {wildcards.analysis}"
+        " --tables {input.tables:q} {params.expected} --paired-out {output} 2> {log}"
+
+
+# The paper's claims as numbers from the tables (no claim written by hand).
+rule findings:
+    input:
+        logit_lens=analysis_tables("logit_lens"),
+        contribution=analysis_tables("contribution"),
+        paired="results/report/tables/contribution.paired.parquet",
+        spectra_comparison=analysis_tables("spectra_comparison"),
+        metrics=run_metrics,
+    output:
+        csv="results/report/findings.csv",
+        html=report(
+            "results/report/findings.html",
+            caption="../workflow_scripts/report/captions/findings.rst",
+            category="1 findings",
+        ),
+    params:
+        runs=report_runs_text,
+    log:
+        "results/logs/report/findings.log",
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m workflow_scripts.report.findings --logit-lens {input.logit_lens:q}"
+        " --contribution {input.contribution:q} --paired-contribution {input.paired}"
+        " --spectra-comparison {input.spectra_comparison:q} --metrics {input.metrics:q}"
+        " --out {output.csv} 2> {log}"
+
+
+# The configuration the report came from, with its provenance (git commit, packages).
+rule report_config:
+    output:
+        report(
+            "results/report/config.html",
+            caption="../workflow_scripts/report/captions/config.rst",
+            category="9 configuration",
+        ),
+    params:
+        config=as_json(config),
+    log:
+        "results/logs/report/config.log",
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m workflow_scripts.report.config_page --config-json {params.config:q} --out {output} 2> {log}"
