@@ -312,9 +312,19 @@ rule embeddings:
     output:
         table=f"results/analyses/embeddings/{EMBEDDING_GROUP}.parquet",
         coords=f"results/analyses/embeddings/{EMBEDDING_GROUP}.coords.parquet",
-        png=f"results/analyses/embeddings/{EMBEDDING_GROUP}.png",
+        png=report(
+            f"results/analyses/embeddings/{EMBEDDING_GROUP}.png",
+            caption="../workflow_scripts/report/captions/embedding_grid.rst",
+            category="5 embeddings",
+            subcategory="t-SNE (F3)",
+        ),
         svg=f"results/analyses/embeddings/{EMBEDDING_GROUP}.svg",
-        pca_png=f"results/analyses/embeddings/{EMBEDDING_GROUP}.pca.png",
+        pca_png=report(
+            f"results/analyses/embeddings/{EMBEDDING_GROUP}.pca.png",
+            caption="../workflow_scripts/report/captions/embedding_pca.rst",
+            category="5 embeddings",
+            subcategory="PCA",
+        ),
         pca_svg=f"results/analyses/embeddings/{EMBEDDING_GROUP}.pca.svg",
     wildcard_constraints:
         method="lora",

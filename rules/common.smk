@@ -326,8 +326,9 @@ def analysis_runs():
     lora_with_frozen = [run for run in runs if run.method == "lora" and frozen_run(run).id in grid]
     lora_with_references = [run for run in runs if run.method == "lora" and untrained_references(run)]
     adapted = [run for run in runs if run.method in LORA_METHODS]
+    readouts = [run for run in runs if run.method in TRAINED_METHODS or config["analyses"]["reference_readouts"]]
     return {
-        **{name: runs for name in ANALYSES},
+        **{name: readouts for name in ANALYSES},
         "contribution_difference": lora_with_frozen,  # LoRA − frozen
         "erasure": erasure_runs(),
         "spectra": adapted,
@@ -410,7 +411,10 @@ def final_outputs(wildcards):
     features = [f"results/features/{d}/logmel{n}.zarr" for d in DATASETS for n in MEL_BINS]
     models = [f"results/models/{model}" for model in MODELS]
     runs = [path for run in training_runs() for path in run_outputs(run)]
-    stores = [f"results/acts/{run.id}/{kind}.zarr" for run in training_runs() for kind in ("acts", "grads")]
+    # acts.zarr of every run with readouts (the trained runs, whose comparisons read it too);
+    # grads.zarr of every run.
+    stores = [f"results/acts/{run.id}/acts.zarr" for run in analysis_runs()["contribution"]]
+    stores += [f"results/acts/{run.id}/grads.zarr" for run in training_runs()]
     analyses = [path_of(analysis_output(name, suffix), run) for name, runs in analysis_runs().items()
                 for run in runs for suffix in ("parquet", "png", "svg")]
     analyses += [path_of(analysis_output("spectra_comparison", suffix), run)

@@ -41,10 +41,17 @@ rule performance:
     output:
         csv="results/tables/performance.csv",
         md="results/tables/performance.md",
+        html=report(
+            "results/report/performance.html",
+            caption="../workflow_scripts/report/captions/performance.rst",
+            category="1 findings",
+        ),
+    params:
+        runs=report_runs_text,
     log:
         "results/logs/performance.log",
     conda:
         "../envs/torch.yaml"
     shell:
         "python -m workflow_scripts.report.performance --metrics {input}"
-        " --csv {output.csv} --md {output.md} 2> {log}"
+        " --csv {output.csv} --md {output.md} --html {output.html} 2> {log}"

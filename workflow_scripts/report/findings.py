@@ -23,7 +23,6 @@ Writes ``findings.csv`` (every number) and ``findings.html`` (the same as a tabl
 
 from __future__ import annotations
 
-import html
 import logging
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from workflow_scripts.atomic import atomic_path, write_table
 from workflow_scripts.cli import entry_parser, run_main
 from workflow_scripts.errors import InputError
 from workflow_scripts.report.aggregate import CONFIGURATION
+from workflow_scripts.report.html import table_page
 from workflow_scripts.report.statistics import summarize
 from workflow_scripts.report.performance import collect
 
@@ -174,17 +174,17 @@ def _number(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+SHOWN = ["finding", "method", "targets", "rank", "quantity", "value", "ci_low", "ci_high", "interval", "runs",
+         "missing", "paper", "detail"]
+
+
 def findings_html(table: pd.DataFrame) -> str:
     """The table as one HTML page (the report embeds it)."""
-    shown = ["finding", "method", "targets", "rank", "quantity", "value", "ci_low", "ci_high", "interval", "runs",
-             "missing", "paper", "detail"]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_number(row[c]))}</td>" for c in shown) + "</tr>"
-                   for _, row in table.iterrows())
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>loralens findings</title>"
-            "<style>table{border-collapse:collapse;font:13px sans-serif}td,th{border:1px solid #bbb;"
-            "padding:3px 6px;text-align:left}</style></head><body>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>")
+    rows = [[_number(row[c]) for c in SHOWN] for _, row in table.iterrows()]
+    return table_page("loralens findings", SHOWN, rows,
+                      "value: the mean over runs (for the seed-spread finding, the number of blocks); "
+                      "ci_low, ci_high: its 95 % interval (interval: t over runs, bootstrap under 5 runs, "
+                      "none for one); paper: the paper's number where it has one.")
 
 
 def read_runs(paths: list[str], what: str) -> pd.DataFrame:

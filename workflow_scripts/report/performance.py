@@ -31,6 +31,7 @@ from workflow_scripts.atomic import atomic_path, write_table
 from workflow_scripts.cli import entry_parser, run_main
 from workflow_scripts.errors import InputError
 from workflow_scripts.metrics import summarize_over_folds
+from workflow_scripts.report.html import table_page
 
 log = logging.getLogger(__name__)
 
@@ -97,28 +98,30 @@ def _method(row: pd.Series) -> str:
     return f"{row['method']} (selected{by})" if by else row["method"]
 
 
-def markdown(table: pd.DataFrame) -> str:
-    lines = [
-        "| dataset | protocol | model | method | targets | rank | trainable params | runs (seeds × folds) | "
-        "folds in CI | " + " | ".join(METRICS.values()) + " | UAR seed std |",
-        "|" + "---|" * (10 + len(METRICS)),
-    ]
+COLUMNS = ["dataset", "protocol", "model", "method", "targets", "rank", "trainable params", "runs (seeds × folds)",
+           "folds in CI", *METRICS.values(), "UAR seed std"]
+NOTE = ("Test-fold metrics: mean ± sample std [95 % t-interval of the mean, df = folds − 1, clipped to [0, 1]] "
+        "over the fold means, each fold's seeds averaged first; with 2–3 folds the interval is wide. "
+        "UAR seed std: the pooled within-fold sample std across seeds. "
+        f"{NOT_ESTIMABLE}: needs at least 2 folds (2 seeds for the seed std).")
+
+
+def cells(table: pd.DataFrame) -> list[list[str]]:
+    """The table's rows as the text of :data:`COLUMNS`."""
+    rows = []
     for _, row in table.iterrows():
         targets = "" if row["targets"] == "none" else row["targets"].replace("+", ", ")
         rank = "" if row["rank"] == 0 else str(row["rank"])
-        lines.append(
-            f"| {row['dataset']} | {row['protocol']} | {row['model']} | {_method(row)} | {targets} | {rank} | "
-            f"{row['trainable_parameters']:,} | {row['runs']} ({row['seeds']} × {row['folds']}) | {row['folds']} | "
-            + " | ".join(_cell(row, m) for m in METRICS) + f" | {_number(row['uar_seed_std'])} |"
-        )
-    lines += [
-        "",
-        "Test-fold metrics: mean ± sample std [95 % t-interval of the mean, df = folds − 1, clipped to [0, 1]] "
-        "over the fold means, each fold's seeds averaged first; with 2–3 folds the interval is wide. "
-        "UAR seed std: the pooled within-fold sample std across seeds. "
-        f"{NOT_ESTIMABLE}: needs at least 2 folds (2 seeds for the seed std).",
-    ]
-    return "\n".join(lines) + "\n"
+        rows.append([row["dataset"], row["protocol"], row["model"], _method(row), targets, rank,
+                     f"{row['trainable_parameters']:,}", f"{row['runs']} ({row['seeds']} × {row['folds']})",
+                     str(row["folds"]), *(_cell(row, m) for m in METRICS), _number(row["uar_seed_std"])])
+    return rows
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells(table)]
+    return "\n".join([*lines, "", NOTE]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,11 +129,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every run")
     parser.add_argument("--csv", required=True)
     parser.add_argument("--md", required=True)
+    parser.add_argument("--html", help="the table as a page for the report")
     args = parser.parse_args(argv)
     table = performance_table(collect(args.metrics))
     write_table(args.csv, table)
     with atomic_path(args.md) as tmp:
         tmp.write_text(markdown(table))
+    if args.html:
+        with atomic_path(args.html) as tmp:
+            tmp.write_text(table_page("loralens performance", COLUMNS, cells(table), NOTE))
     log.info("performance over %d runs:\n%s", len(args.metrics), markdown(table))
 
 
