@@ -464,13 +464,16 @@ def test_weight_spectra_lines_per_block_and_zero_update():
                        half=0.01)
     figure = figures.weight_spectra_figure(sigma)
     axes = visible_axes(figure)
-    assert len(axes) == 4
+    assert len(axes) == 2  # lora's two modules; lora_init's zero update has no row ...
+    assert "ΔW = 0 at every block (B = 0), not drawn: lora_init" in figure._suptitle.get_text()  # ... the title says so
     axis = panel(figure, "lora: v_proj")
     assert sorted(line.get_label() for line in axis.get_lines()) == ["block 0", "block 1", "block 2"]
-    assert axis.get_yscale() == "log"  # every mean and bound positive (smallest: 2^-4 - 0.01)
-    zero = panel(figure, "lora_init: q_proj")
-    assert any("ΔW = 0" in t.get_text() for t in zero.texts) and not zero.get_lines()
+    line = lines_labelled(axis, "block 2")[0]
+    assert list(line.get_ydata()) == pytest.approx([1.5, 0.75, 0.375, 0.1875])
+    assert axis.get_yscale() == "log"  # every mean and bound positive, from 2^-4 - 0.01 to 1.51
     assert_y_contains_data(figure)
+    only_zero = figures.weight_spectra_figure(sigma[sigma["method"] == "lora_init"])
+    assert any("every configuration" in t.get_text() for t in only_zero.axes[0].texts)
 
 
 def test_weight_spectra_log_scale_only_when_all_positive():
@@ -481,6 +484,8 @@ def test_weight_spectra_log_scale_only_when_all_positive():
     negative = sigma.assign(ci_low=sigma["mean"] - 1)  # a t-interval reaching below 0
     axis = visible_axes(figures.weight_spectra_figure(negative))[0]
     assert axis.get_yscale() == "linear"
+    narrow = sigma.assign(mean=0.4 + 0.01 * sigma["k"], ci_low=0.39, ci_high=0.45)  # within a decade
+    assert visible_axes(figures.weight_spectra_figure(narrow))[0].get_yscale() == "linear"
 
 
 def test_subspaces_lines_with_chance():
@@ -618,3 +623,14 @@ def test_cli_options_and_errors_write_nothing(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_flat_data_get_a_readable_range_without_offset():
+    rows = aggregated([LORA_R4], {"lens": ["raw"], "layer": [0, 1, 2], "statistic": ["kl_final_layer", "agreement"]},
+                      mean=lambda row: 1.0 - 1e-13 * row["layer"], half=0.0)
+    figure = figures.logit_lens_figure(rows)
+    axis = visible_axes(figure)[0]
+    low, high = axis.get_ylim()
+    assert low <= 1.0 - 2e-13 and high >= 1.0 and high - low == pytest.approx(0.1)
+    assert axis.yaxis.get_major_formatter().get_useOffset() is False
+    assert_y_contains_data(figure)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -102,6 +103,13 @@ ERASURE_CONDITIONS = (("skip_block", "block l skipped", "encoder block l"),
                       ("skip_first", "blocks 0..k−1 skipped", "k (blocks skipped from the input side)"),
                       ("lora_off", "LoRA delta removed at block l", "encoder block l"),
                       ("lora_off_from", "LoRA delta removed at blocks l..L−1", "first block l"))
+#: erasure.py's statistics as axis labels (the deltas are positive when the erasure hurts).
+ERASURE_LABELS = {"delta_uar": "ΔUAR (baseline − erased)", "delta_war": "ΔWAR (baseline − erased)",
+                  "delta_confidence": "Δ confidence (baseline − erased)", "delta_loss": "Δ loss (erased − baseline)",
+                  "score_paper": "paper's score Δacc + 0.5·Δconf − 0.1·Δloss",
+                  "score_corrected": "corrected score Δacc + 0.5·Δconf + 0.1·Δloss",
+                  "uar": "UAR after erasure", "war": "WAR after erasure", "confidence": "mean confidence after erasure",
+                  "loss": "cross-entropy after erasure"}
 CKA_DIRECTIONS = (("forward", ("learned_layer_similarities", "random_layer_similarities")),
                   ("backward", ("learned_layer_grad_similarities", "random_layer_grad_similarities")))
 CKA_SERIES_LABELS = {
@@ -202,6 +210,12 @@ class Configurations:
 
     def colour(self, key: tuple):
         return self._colours.get(key, "grey")
+
+    def zorder(self, key: tuple) -> float:
+        """Lines of earlier configurations (the baseline first) on top: a frozen curve that an
+        identical lora_init curve (B = 0) would cover stays visible."""
+        position = self.keys.index(key) if key in self.keys else len(self.keys)
+        return 2.0 + (len(self.keys) - position) / (len(self.keys) + 1)
 
     def common(self) -> str:
         """The fields every configuration shares, e.g. ``demo / loso_speaker / whisper-base``."""
@@ -308,14 +322,14 @@ def styled(function: Callable) -> Callable:
 
 
 def draw_band(axis, x, rows: pd.DataFrame, colour, label: str, value: str = "mean", linestyle: str = "-",
-              marker: str = "o"):
+              marker: str = "o", zorder: float = 2.0):
     """The mean as a line with markers, and the 95 % interval as a band where the table has one."""
     order = np.argsort(_numbers(x), kind="stable")
     xs = _numbers(x)[order]
     mean = _numbers(rows[value])[order]
     low, high = _numbers(rows["ci_low"])[order], _numbers(rows["ci_high"])[order]
     line, = axis.plot(xs, mean, color=colour, linestyle=linestyle, marker=marker, markersize=3.5, linewidth=1.5,
-                      label=label)
+                      label=label, zorder=zorder)
     finite = np.isfinite(low) & np.isfinite(high)
     if finite.any():
         band = axis.fill_between(xs, np.where(finite, low, np.nan), np.where(finite, high, np.nan), color=colour,
@@ -348,26 +362,35 @@ def grouped_bars(axis, table: pd.DataFrame, configurations: Configurations, valu
     return centres
 
 
-def holm_stars(axis, centres: dict) -> int:
-    """A star above each bar whose ``t_p_holm`` < ALPHA; returns how many."""
-    tops, xs = [], []
-    for rows, positions in centres.values():
-        p = _numbers(rows["t_p_holm"])
-        significant = np.isfinite(p) & (p < ALPHA)
-        upper = np.fmax(_numbers(rows["mean_difference"]), _numbers(rows["ci_high"]))
-        xs += list(positions[significant])
-        tops += list(upper[significant])
-    if not xs:
-        return 0
-    heights = [v for rows, _ in centres.values() for v in _numbers(rows["mean_difference"])]
-    heights += [v for rows, _ in centres.values() for v in _numbers(rows["ci_high"])]
-    heights += [v for rows, _ in centres.values() for v in _numbers(rows["ci_low"])]
+def holm_stars(axis, centres: dict, colours: dict | None = None, bars: bool = True) -> int:
+    """A star above each bar (``bars``) or point whose ``t_p_holm`` < ALPHA, in its configuration's
+    colour (``colours[key]``); returns how many. ``centres``: ``{key: (rows, x positions)}``."""
+    heights = [v for rows, _ in centres.values() for column in ("mean_difference", "ci_low", "ci_high")
+               for v in _numbers(rows[column])]
     finite = [v for v in heights if np.isfinite(v)] + [0.0]
     pad = 0.06 * ((max(finite) - min(finite)) or 1.0)
-    stars, = axis.plot(xs, np.fmax(np.array(tops, dtype=float), 0.0) + pad, linestyle="none", marker="*",
-                       markersize=8, color="black", label=HOLM_LABEL)
-    stars.set_gid("holm")
-    return len(xs)
+    count = 0
+    for key, (rows, positions) in centres.items():
+        p = _numbers(rows["t_p_holm"])
+        significant = np.isfinite(p) & (p < ALPHA)
+        if not significant.any():
+            continue
+        upper = np.fmax(_numbers(rows["mean_difference"]), _numbers(rows["ci_high"]))[significant]
+        if bars:  # a negative bar hangs below 0: its star goes above the zero line
+            upper = np.fmax(upper, 0.0)
+        stars, = axis.plot(np.asarray(positions)[significant], upper + pad, linestyle="none", marker="*",
+                           markersize=9, color=(colours or {}).get(key, "black"), markeredgecolor="black",
+                           markeredgewidth=0.5, label="_holm")
+        stars.set_gid("holm")
+        count += int(significant.sum())
+    return count
+
+
+def star_handle():
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], linestyle="none", marker="*", markersize=9, color="white", markeredgecolor="black",
+                  label=HOLM_LABEL + " (in the configuration's colour)")
 
 
 def no_test_note(axis, paired_rows: pd.DataFrame) -> None:
@@ -396,6 +419,23 @@ def figure_legend(figure, axes, extra: list | None = None) -> None:
     if handles:
         figure.legend(list(handles.values()), list(handles), loc="outside lower center",
                       ncol=min(3, len(handles)), fontsize=8, frameon=False)
+
+
+def finish_axes(figure) -> None:
+    """Readable y-axes: plain tick labels (no "1e−12+1" offset) and, where the data are flat up to
+    rounding (e.g. E(10) = 1 at every block), a range of ±5 % around them, derived from the data."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in figure.axes:
+        if not axis.get_visible() or axis.get_yscale() != "linear" or axis.get_label() == "<colorbar>":
+            continue
+        if isinstance(axis.yaxis.get_major_formatter(), ScalarFormatter):
+            axis.ticklabel_format(axis="y", useOffset=False)
+        low, high = axis.get_ylim()
+        centre = (low + high) / 2
+        if abs(high - low) < 1e-6 * max(1.0, abs(centre)):
+            half = 0.05 * max(abs(centre), 1.0)
+            axis.set_ylim(centre - half, centre + half)  # contains the data: they lie within rounding of centre
 
 
 def band_handle(label: str = "95 % interval across runs"):
@@ -477,7 +517,7 @@ def contribution_figure(contribution: pd.DataFrame, paired: pd.DataFrame, refere
             grouped_bars(value_axis, values[values["statistic"] == statistic], configurations, "mean")
             rows = differences[differences["statistic"] == statistic]
             centres = grouped_bars(difference_axis, rows, configurations, "mean_difference", label_suffix=" − frozen")
-            holm_stars(difference_axis, centres)
+            holm_stars(difference_axis, centres, {key: configurations.colour(key) for key in centres})
             no_test_note(difference_axis, rows)
             overlay_reference(value_axis, reference, statistic)
             overlay_reference(difference_axis, reference, f"{statistic}_difference")
@@ -490,7 +530,8 @@ def contribution_figure(contribution: pd.DataFrame, paired: pd.DataFrame, refere
     for axis in axes[-1]:
         axis.set_xlabel("encoder block")
         set_block_ticks(axis, values["block"])
-    figure_legend(figure, axes)
+    finish_axes(figure)
+    figure_legend(figure, axes, [star_handle()])
     figure.suptitle(title_text("Layer contribution to the residual stream (F1)", configurations,
                                runs_text([values]), paired_text(paired)), fontsize=10)
     return figure
@@ -527,13 +568,15 @@ def logit_lens_figure(logit_lens: pd.DataFrame, reference: pd.DataFrame | None =
             axis = axes[row, column]
             part = shown[(shown["lens"] == lens) & (shown["statistic"] == statistic)]
             for key, rows in configurations.groups(part):
-                draw_band(axis, rows["layer"], rows, configurations.colour(key), configurations.label(key))
+                draw_band(axis, rows["layer"], rows, configurations.colour(key), configurations.label(key),
+                          zorder=configurations.zorder(key))
             if lens == "raw":
                 overlay_reference(axis, reference, statistic, x_offset=1)
             axis.set_ylabel(LENS_STATISTICS[statistic])
             axis.set_title(f"{lens} lens: {LENS_STATISTICS[statistic]}", fontsize=9)
         axes[-1, column].set_xlabel("layer (0 = embedding output, l = output of block l − 1)")
         set_block_ticks(axes[-1, column], shown["layer"])
+    finish_axes(figure)
     figure_legend(figure, axes, [band_handle()])
     figure.suptitle(title_text("Logit lens (F2)", configurations, runs_text([shown])), fontsize=10)
     return figure
@@ -568,6 +611,7 @@ def lens_comparison_figure(logit_lens: pd.DataFrame):
     for axis in axes[-1]:
         axis.set_xlabel("layer (0 = embedding output)")
         set_block_ticks(axis, logit_lens["layer"])
+    finish_axes(figure)
     figure_legend(figure, axes, [band_handle()])
     figure.suptitle(title_text("Raw vs normed logit lens", configurations, runs_text([logit_lens])), fontsize=10)
     return figure
@@ -607,6 +651,7 @@ def embedding_quality_figure(embeddings: pd.DataFrame, reference: pd.DataFrame |
         axis.set_ylabel(label)
         axis.set_xlabel("encoder block")
         set_block_ticks(axis, embeddings["block"])
+    finish_axes(figure)
     figure_legend(figure, axes, [band_handle()])
     module_text = f"module {', '.join(modules)}"
     figure.suptitle(title_text("Emotion structure in the LoRA A outputs (F3, quantified)", configurations,
@@ -730,6 +775,7 @@ def energy_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None):
             axis.set_ylim(bottom, top + 0.12 * len(notes) * (top - bottom))
     handles = [Patch(facecolor=LABEL_COLOURS.get(label, "grey"), alpha=0.45, label=LABEL_DISPLAY.get(label, label))
                for label in labels]
+    finish_axes(figure)
     figure_legend(figure, axes, handles)
     figure.suptitle(title_text("k90 of the LoRA activations and gradients, trained vs untrained (F4)",
                                configurations, "boxes over the adapted (block, module) matrices of each "
@@ -779,8 +825,11 @@ def top10_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None, m
                 draw_band(axis, rows["block"], rows, LABEL_COLOURS.get(label, "grey"),
                           LABEL_DISPLAY.get(label, label) + (f", {group}" if group else ""), linestyle=styles[key])
             rank = key[configurations.fields.index("rank")] if "rank" in configurations.fields else None
-            if quantity in ("a_out", "a_grad") and rank is not None and 0 < int(rank) <= 10:
-                notes.append(f"{group + ': ' if group else ''}r = {int(rank)} ≤ 10 columns: E(10) = 1 by definition")
+            if rank is not None and 0 < int(rank) <= 10 and quantity != "b_grad":
+                prefix = f"{group + ': ' if group else ''}"
+                notes.append(prefix + (f"V = U·Bᵀ has rank ≤ r = {int(rank)} ≤ 10: E(10) = 1 up to rounding"
+                                       if quantity == "b_out" else
+                                       f"r = {int(rank)} ≤ 10 columns: E(10) = 1 by definition"))
         overlay_reference(axis, reference, SYMBOLS[quantity])
         for i, text in enumerate(notes):
             axis.text(0.02, 0.04 + 0.07 * i, text, transform=axis.transAxes, fontsize=7.5, va="bottom",
@@ -789,6 +838,7 @@ def top10_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None, m
         axis.set_ylabel("top-10 energy E(10)")
         axis.set_xlabel("encoder block")
         set_block_ticks(axis, top["block"])
+    finish_axes(figure)
     figure_legend(figure, axes, [band_handle()])
     figure.suptitle(title_text("Top-10 energy per block, trained vs untrained (F5)", configurations,
                                f"module {module}", runs_text([top])), fontsize=10)
@@ -879,6 +929,7 @@ def cka_figure(cka: pd.DataFrame, reference: pd.DataFrame | None = None, module:
     from matplotlib.patches import Patch
 
     null_handle = Patch(facecolor="none", edgecolor="grey", hatch="////", label="permutation null, mean..p95")
+    finish_axes(figure)
     figure_legend(figure, axes, [band_handle(), null_handle])
     view = f"module {module}, {level} level, {estimator} estimator" + (
         f", RBF σ = {rbf_multiple:g} × median distance" if rbf.any() and level != "flattened" else "")
@@ -929,25 +980,33 @@ def cka_heatmap_figure(cka_lora_frozen: pd.DataFrame | None, cka_seeds: pd.DataF
     import seaborn as sns
 
     plt = _pyplot()
-    columns_count = min(4, len(cells))
-    rows_count = int(np.ceil(len(cells) / columns_count))
-    figure, axes = plt.subplots(rows_count, columns_count, figsize=(4.6 * columns_count, 4.2 * rows_count + 1.0),
+    # A row per pairing, a column per configuration: a LoRA configuration's LoRA-vs-frozen map sits
+    # above its seed-vs-seed map (the variation between two trainings), so the two compare directly.
+    pairings = [pairing for pairing, _ in panels]
+    keys = [key for key in configurations.keys if any(k == key for _, k, _ in cells)]
+    figure, axes = plt.subplots(len(pairings), len(keys), figsize=(4.4 * len(keys) + 1.2, 4.4 * len(pairings) + 1.2),
                                 squeeze=False, layout="constrained")
-    for axis in axes.ravel()[len(cells):]:
-        axis.set_visible(False)
-    for axis, (pairing, key, rows) in zip(axes.ravel(), cells):
+    drawn = []
+    for axis, (pairing, key) in zip(axes.ravel(), itertools.product(pairings, keys)):
+        match = [rows for p, k, rows in cells if p == pairing and k == key]
+        if not match:
+            axis.set_visible(False)  # e.g. no LoRA-vs-frozen map of the frozen configuration
+            continue
+        rows = match[0]
         grid = rows.pivot_table(index="layer_a", columns="layer_b", values="mean", aggfunc="first", dropna=False)
         annotate = grid.shape[0] <= 13 and grid.shape[1] <= 13
         sns.heatmap(grid, ax=axis, vmin=low, vmax=high, cmap="viridis", annot=annotate, fmt=".2f",
-                    annot_kws={"fontsize": 6}, cbar_kws={"label": "mean CKA"}, square=grid.shape[0] == grid.shape[1])
+                    annot_kws={"fontsize": 6}, cbar=False, square=grid.shape[0] == grid.shape[1])
         axis.invert_yaxis()  # layer 0 at the bottom, as a layer axis reads
         floor = float(np.nanmean(_numbers(rows["null_p95_mean"]))) if np.isfinite(
             _numbers(rows["null_p95_mean"])).any() else np.nan
         floor_text = "no permutation null" if np.isnan(floor) else f"floor (mean null p95) {floor:.3f}"
-        axis.set_title(f"{CKA_LAYER_PAIRINGS[pairing]}: {configurations.label(key)}\n{floor_text}, "
+        axis.set_title(f"{CKA_LAYER_PAIRINGS[pairing]}: {configurations.label(key)}\n{floor_text}\n"
                        f"{count_text([rows])}", fontsize=8.5)
-        axis.set_xlabel("layer, other run (frozen / other seed)")
+        axis.set_xlabel("layer, other run (" + ("frozen" if pairing == "lora_vs_frozen" else "other seed") + ")")
         axis.set_ylabel("layer, this run")
+        drawn.append(axis)
+    figure.colorbar(drawn[0].collections[0], ax=drawn, shrink=0.8, label="mean CKA (one scale for all panels)")
     view = f"{kernel}" + (f" σ = {rbf_multiple:g} × median" if kernel == "rbf" else "") + f", {estimator}"
     figure.suptitle(title_text("Layer × layer CKA of the pooled residual stream", configurations, view,
                                runs_text([rows for _, _, rows in cells])), fontsize=10)
@@ -980,15 +1039,15 @@ def probe_figure(probes: pd.DataFrame, probes_paired: pd.DataFrame | None = None
     figure, axes = plt.subplots(panels, 1, figsize=(9, 4.2 * panels + 1), squeeze=False, sharex=True,
                                 layout="constrained")
     axis = axes[0, 0]
-    for key, rows in configurations.groups(uar):
+    for index, (key, rows) in enumerate(configurations.groups(uar)):
         colour = configurations.colour(key)
         probe = rows[rows["readout"] == "probe"]
-        draw_band(axis, probe["layer"], probe, colour, configurations.label(key))
+        draw_band(axis, probe["layer"], probe, colour, configurations.label(key), zorder=configurations.zorder(key))
         head = rows[rows["readout"] == "head"]
         if len(head):
             mean, low, high = (_numbers(head[c])[:1] for c in ("mean", "ci_low", "ci_high"))
             errors = np.vstack([mean - low, high - mean]) if np.isfinite(low).all() and np.isfinite(high).all() else None
-            axis.errorbar(_numbers(head["layer"])[:1] + 0.15, mean, yerr=errors, fmt="D", color=colour,
+            axis.errorbar(_numbers(head["layer"])[:1] + 0.12 + 0.07 * index, mean, yerr=errors, fmt="D", color=colour,
                           markerfacecolor="white", markersize=6, capsize=2, label="_head")
     if n_classes:
         axis.axhline(1 / n_classes, color="grey", linestyle=":", linewidth=1, label=f"chance (1/{n_classes})")
@@ -1001,7 +1060,7 @@ def probe_figure(probes: pd.DataFrame, probes_paired: pd.DataFrame | None = None
                       configurations.label(key) + " − frozen", value="mean_difference")
         centres = {key: (rows.sort_values("layer"), _numbers(rows.sort_values("layer")["layer"]))
                    for key, rows in configurations.groups(differences)}
-        holm_stars(axis, centres)
+        holm_stars(axis, centres, {key: configurations.colour(key) for key in centres}, bars=False)
         no_test_note(axis, differences)
         axis.axhline(0, color="black", linewidth=0.6)
         axis.set_ylabel("Δ probe UAR, LoRA − frozen")
@@ -1012,7 +1071,8 @@ def probe_figure(probes: pd.DataFrame, probes_paired: pd.DataFrame | None = None
 
     head_handle = Line2D([], [], linestyle="none", marker="D", markerfacecolor="white", color="black",
                          label="the run's head (test UAR)")
-    figure_legend(figure, axes, [band_handle(), head_handle])
+    finish_axes(figure)
+    figure_legend(figure, axes, [band_handle(), head_handle] + ([star_handle()] if probes_paired is not None else []))
     figure.suptitle(title_text("Linear probes on the residual stream", configurations, runs_text([uar]),
                                paired_text(differences) if probes_paired is not None else ""), fontsize=10)
     return figure
@@ -1043,14 +1103,16 @@ def erasure_figure(erasure: pd.DataFrame, statistic: str = "delta_uar"):
     for axis, (condition, title, xlabel) in zip(axes.ravel(), conditions):
         part = rows[rows["condition"] == condition]
         for key, of_key in configurations.groups(part):
-            draw_band(axis, of_key["layer"], of_key, configurations.colour(key), configurations.label(key))
+            draw_band(axis, of_key["layer"], of_key, configurations.colour(key), configurations.label(key),
+                      zorder=configurations.zorder(key))
         axis.axhline(0, color="black", linewidth=0.6)
         axis.set_title(title, fontsize=9)
         axis.set_xlabel(xlabel)
-        axis.set_ylabel(statistic.replace("delta_", "Δ").replace("_", " "))
+        axis.set_ylabel(ERASURE_LABELS.get(statistic, statistic))
         set_block_ticks(axis, part["layer"])
+    finish_axes(figure)
     figure_legend(figure, axes, [band_handle()])
-    figure.suptitle(title_text(f"Layer erasure and LoRA-delta ablation: {statistic}", configurations,
+    figure.suptitle(title_text(f"Layer erasure and LoRA-delta ablation: {ERASURE_LABELS.get(statistic, statistic)}", configurations,
                                runs_text([rows])), fontsize=10)
     return figure
 
@@ -1061,8 +1123,9 @@ def erasure_figure(erasure: pd.DataFrame, statistic: str = "delta_uar"):
 def weight_spectra_figure(weight_spectra: pd.DataFrame, methods=None):
     """New: the singular values σ_k of the LoRA update ΔW = s·B·A against k, a row per
     configuration (method, rank), a column per adapted module, a line per block (colour from
-    early to late) with its 95 % band; log scale when every value shown is positive. A
-    configuration whose ΔW is zero (lora_init: B = 0) is said so."""
+    early to late) with its 95 % band; a log scale when every value shown is positive and they
+    span more than a decade. Configurations whose ΔW is zero everywhere (lora_init: B = 0) get no
+    row: the title lists them."""
     name = "weight_spectra (new)"
     require_columns(weight_spectra, name, "aggregated weight_spectra",
                     CONFIGURATION + ("block", "module", "statistic", "k") + SUMMARY)
@@ -1075,36 +1138,48 @@ def weight_spectra_figure(weight_spectra: pd.DataFrame, methods=None):
     configurations = Configurations([sigma])
     modules = [m for m in MODULES if m in set(sigma["module"])] or sorted(sigma["module"].unique())
     blocks = sorted(int(b) for b in sigma["block"].unique())
+
+    def nonzero(rows: pd.DataFrame) -> bool:
+        means = _numbers(rows["mean"])
+        return bool((np.isfinite(means) & (means != 0)).any())
+
+    groups = list(configurations.groups(sigma))
+    shown = [(key, rows) for key, rows in groups if nonzero(rows)]
+    zero = [configurations.label(key) for key, rows in groups if not nonzero(rows)]
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(blocks), 1)))
-    keys = configurations.keys
-    figure, axes = plt.subplots(len(keys), len(modules), figsize=(4.8 * len(modules) + 1, 3.0 * len(keys) + 1.4),
-                                squeeze=False, layout="constrained")
-    for row, (key, of_key) in enumerate(configurations.groups(sigma)):
+    figure, axes = plt.subplots(max(len(shown), 1), len(modules) if shown else 1,
+                                figsize=(4.8 * len(modules) + 1, 3.0 * max(len(shown), 1) + 1.6), squeeze=False,
+                                layout="constrained")
+    if not shown:
+        note(axes[0, 0], "ΔW = 0 at every block of every configuration (B = 0)")
+    for row, (key, of_key) in enumerate(shown):
         for column, module in enumerate(modules):
             axis = axes[row, column]
             part = of_key[of_key["module"] == module]
-            means = _numbers(part["mean"])
-            if part.empty or not (np.isfinite(means) & (means != 0)).any():
+            if not len(part) or not nonzero(part):
                 note(axis, "ΔW = 0 at every block (B = 0)" if len(part) else "module not adapted")
             else:
                 for colour, block in zip(colours, blocks):
                     rows = part[part["block"] == block]
                     if len(rows):
                         draw_band(axis, rows["k"], rows, colour, f"block {block}", marker=".")
-                shown = np.concatenate([means, _numbers(part["ci_low"]), _numbers(part["ci_high"])])
-                shown = shown[np.isfinite(shown)]
-                if shown.size and (shown > 0).all():  # a log axis would hide zeros or negative bounds
+                values = np.concatenate([_numbers(part[c]) for c in ("mean", "ci_low", "ci_high")])
+                values = values[np.isfinite(values)]
+                # Log only where it helps and hides nothing: all positive, more than a decade apart.
+                if values.size and (values > 0).all() and values.max() > 10 * values.min():
                     axis.set_yscale("log")
             axis.set_title(f"{configurations.label(key)}: {module}", fontsize=9)
             axis.set_xlabel("k (singular values, largest first)")
             axis.set_ylabel("σ_k of ΔW" if column == 0 else "")
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    finish_axes(figure)
     figure_legend(figure, axes, [band_handle()])
-    figure.suptitle(title_text("Singular values of the LoRA updates ΔW", configurations, runs_text([sigma])),
-                    fontsize=10)
+    zero_text = f"ΔW = 0 at every block (B = 0), not drawn: {'; '.join(zero)}" if zero else ""
+    figure.suptitle(title_text("Singular values of the LoRA updates ΔW", configurations, zero_text,
+                               runs_text([sigma])), fontsize=10)
     return figure
 
 
@@ -1155,6 +1230,7 @@ def subspace_figure(subspaces: pd.DataFrame):
             axis.set_ylabel(SUBSPACE_MEASURES[measure] if column == 0 else "")
             axis.set_xlabel("encoder block")
             set_block_ticks(axis, subspaces["block"])
+    finish_axes(figure)
     figure_legend(figure, axes, [band_handle("95 % interval across run pairs")])
     figure.suptitle(title_text("Principal angles between the ΔW column spaces of two runs", configurations,
                                runs_text([subspaces], noun="run pair")), fontsize=10)
