@@ -190,8 +190,10 @@ LAYERS = [0, 1, 2, 3, 4]
 @pytest.fixture
 def lens_table():
     return aggregated([FROZEN, LORA_R4, LORA_R8, RANDOM_R4],
-                      {"lens": ["raw", "normed"], "layer": LAYERS, "statistic": ["kl_final_layer", "agreement", "uar", "js"]},
-                      mean=lambda row: (row["layer"] + 1) * (0.3 if row["method"] == "frozen" else -0.2) + row["rank"] / 10)
+                      {"lens": ["raw", "normed"], "layer": LAYERS,
+                       "statistic": ["kl_final_layer", "agreement", "uar", "js"]},
+                      mean=lambda row: ((row["layer"] + 1) * (0.3 if row["method"] == "frozen" else -0.2)
+                                        + row["rank"] / 10))
 
 
 def test_logit_lens_lines_and_bands_equal_the_table(lens_table):
@@ -312,7 +314,8 @@ def test_energy_reference_lines():
     figure = figures.energy_figure(spectra_table(), reference=reference)
     u_panel = [axis for axis in figure.axes if axis.get_title().startswith("LoRA A – activations (U)")][0]
     labels = sorted(line.get_label() for line in u_panel.get_lines() if "paper" in line.get_label())
-    assert labels == ["paper (read from its figure): trained mean k90", "paper (read from its figure): untrained mean k90"]
+    assert labels == ["paper (read from its figure): trained mean k90",
+                      "paper (read from its figure): untrained mean k90"]
     assert max(u_panel.get_ylim()) >= 15.9
 
 
@@ -351,7 +354,8 @@ def cka_table():
                 part = aggregated([LORA_R4, LORA_R8],
                                   {"block": [0, 1, 2], "module": ["q_proj", "v_proj"], "level": ["utterance"],
                                    "estimator": ["biased", "debiased"]},
-                                  mean=lambda row: -0.6 + 0.3 * row["block"] + (0.05 if row["estimator"] == "biased" else 0),
+                                  mean=lambda row: (-0.6 + 0.3 * row["block"]
+                                                    + (0.05 if row["estimator"] == "biased" else 0)),
                                   extra=lambda row: {"null_mean_mean": 0.01, "null_p95_mean": 0.2})
                 part = part.assign(kernel=kernel, rbf_multiple=multiple, paper_series=series,
                                    paper_kernel=paper_kernel if series else "", comparison="across",
@@ -368,13 +372,15 @@ def test_cka_paper_pairings_with_null_floor_and_free_y_limits():
     assert len(axes) == 4  # forward/backward x r4/r8
     axis = panel(figure, "forward (activations) — r4")
     assert sorted(line.get_label() for line in axis.get_lines() if line.get_label()[0] != "_") == sorted(
-        [figures.CKA_SERIES_LABELS["learned_layer_similarities"], figures.CKA_SERIES_LABELS["random_layer_similarities"]])
+        [figures.CKA_SERIES_LABELS["learned_layer_similarities"],
+         figures.CKA_SERIES_LABELS["random_layer_similarities"]])
     line = lines_labelled(axis, figures.CKA_SERIES_LABELS["learned_layer_similarities"])[0]
     assert list(line.get_ydata()) == pytest.approx([-0.55, -0.25, 0.05])  # biased, utterance level
     null = bands(axis, "null_band")
     assert len(null) == 2 and band_range(null[0]) == pytest.approx((0.01, 0.2))
     assert min(axis.get_ylim()) < -0.6  # negative values are shown, not clipped by fixed limits
-    assert "module v_proj, utterance level, biased estimator, RBF σ = 1 × median distance" in figure._suptitle.get_text()
+    view = "module v_proj, utterance level, biased estimator, RBF σ = 1 × median distance"
+    assert view in figure._suptitle.get_text()
     assert_y_contains_data(figure)
     with pytest.raises(InputError, match=r"cka \(F6\).*rbf_multiple 3"):
         figures.cka_figure(table, rbf_multiple=3)

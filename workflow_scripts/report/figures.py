@@ -479,8 +479,8 @@ def overlay_reference(axis, rows: pd.DataFrame | None, panel: str, x_offset: flo
         values = values.sort_values("layer")
         label = f"{REFERENCE_LABEL}: {series}" if str(series) else REFERENCE_LABEL
         axis.plot(_numbers(values["layer"]) + x_offset, _numbers(values["value"]), linestyle="none", color="black",
-                  marker=REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)], markersize=5, markerfacecolor="none",
-                  label=label, gid="reference")
+                  marker=REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)], markersize=8, markeredgecolor="white",
+                  markeredgewidth=0.8, label=label, gid="reference", zorder=6)
 
 
 # -- F1 --------------------------------------------------------------------------------------------
@@ -1046,7 +1046,8 @@ def probe_figure(probes: pd.DataFrame, probes_paired: pd.DataFrame | None = None
         head = rows[rows["readout"] == "head"]
         if len(head):
             mean, low, high = (_numbers(head[c])[:1] for c in ("mean", "ci_low", "ci_high"))
-            errors = np.vstack([mean - low, high - mean]) if np.isfinite(low).all() and np.isfinite(high).all() else None
+            finite = np.isfinite(low).all() and np.isfinite(high).all()
+            errors = np.vstack([mean - low, high - mean]) if finite else None
             axis.errorbar(_numbers(head["layer"])[:1] + 0.12 + 0.07 * index, mean, yerr=errors, fmt="D", color=colour,
                           markerfacecolor="white", markersize=6, capsize=2, label="_head")
     if n_classes:
@@ -1112,7 +1113,8 @@ def erasure_figure(erasure: pd.DataFrame, statistic: str = "delta_uar"):
         set_block_ticks(axis, part["layer"])
     finish_axes(figure)
     figure_legend(figure, axes, [band_handle()])
-    figure.suptitle(title_text(f"Layer erasure and LoRA-delta ablation: {ERASURE_LABELS.get(statistic, statistic)}", configurations,
+    heading = f"Layer erasure and LoRA-delta ablation: {ERASURE_LABELS.get(statistic, statistic)}"
+    figure.suptitle(title_text(heading, configurations,
                                runs_text([rows])), fontsize=10)
     return figure
 
@@ -1333,7 +1335,8 @@ def build_figure(name: str, tables: dict[str, pd.DataFrame], paired: dict[str, p
     taken = list(parameters)[len(arguments):]
     unknown = sorted(set(keywords) - set(taken))
     if unknown:
-        raise InputError(f"figure {name}: unknown option(s) {unknown}; it takes {[p for p in taken if p != 'reference']}")
+        options_taken = [p for p in taken if p != "reference"]
+        raise InputError(f"figure {name}: unknown option(s) {unknown}; it takes {options_taken}")
     return spec.function(*arguments, **keywords)
 
 
