@@ -17,7 +17,8 @@ from workflow_scripts.analyses.settings import SECTIONS as ANALYSIS_SECTIONS
 from workflow_scripts.analyses.settings import analysis_settings, erasure_settings
 from workflow_scripts.capture.settings import capture_settings
 from workflow_scripts.cluster import model_job_resources
-from workflow_scripts.report.captions import describe_runs
+from workflow_scripts.report.captions import describe_runs, figure_caption
+from workflow_scripts.report.figures import FIGURES
 from workflow_scripts.config import config_hash, validate_config
 from workflow_scripts.data.audio_cache import audio_cache_settings
 from workflow_scripts.data.folds import PROTOCOLS, fold_settings
@@ -387,8 +388,76 @@ def report_outputs():
     analyses = report_analyses()
     outputs = [f"results/report/tables/{name}.parquet" for name in analyses]
     outputs += [f"results/report/tables/{name}.paired.parquet" for name in PAIRED_ANALYSES if name in analyses]
+    outputs += [f"results/report/figures/{name}.{suffix}" for name in report_figures() for suffix in ("png", "svg")]
     outputs += ["results/report/findings.csv", "results/report/findings.html", "results/report/config.html"]
     return outputs
+
+
+# Where each figure sits in the report (categories sort by their number).
+REPORT_CATEGORIES = {
+    "contribution": "2 readouts", "logit_lens": "2 readouts", "lens_comparison": "2 readouts",
+    "probes": "2 readouts", "erasure": "2 readouts",
+    "energy": "3 subspace geometry", "top10": "3 subspace geometry", "weight_spectra": "3 subspace geometry",
+    "subspaces": "3 subspace geometry",
+    "cka": "4 CKA", "cka_heatmap": "4 CKA",
+    "embedding_quality": "5 embeddings",
+}
+# The paper's values read from its figures (data kept in the repository).
+PAPER_REFERENCE = os.path.join(workflow.basedir, "config", "paper_reference.csv")
+
+
+def report_figures():
+    """The figures whose tables the grid has."""
+    analyses = set(report_analyses())
+    return [name for name, spec in FIGURES.items() if set(spec.tables) | set(spec.paired) <= analyses]
+
+
+def figure_inputs(wildcards):
+    """A figure's aggregated tables (table_<analysis>), paired tables (paired_<analysis>) and,
+    with report.paper_reference, the paper's values."""
+    spec, analyses = FIGURES[wildcards.figure], set(report_analyses())
+    inputs = {f"table_{name}": f"results/report/tables/{name}.parquet" for name in spec.tables}
+    inputs |= {f"paired_{name}": f"results/report/tables/{name}.paired.parquet"
+               for name in (*spec.paired, *spec.optional_paired) if name in analyses}
+    if config["report"]["paper_reference"] and spec.paper != "new":
+        inputs["reference"] = PAPER_REFERENCE
+    return inputs
+
+
+def figure_args(wildcards, input):
+    """--table / --paired / --reference of the figure entry point, from its inputs."""
+    args = []
+    for name, path in input.items():
+        kind, _, analysis = name.partition("_")
+        flag = {"table": "--table", "paired": "--paired"}.get(kind)
+        args += [flag, f"{analysis}={path}"] if flag else ["--reference", str(path)]
+    return " ".join(map(shlex.quote, args))
+
+
+def runs_of(analysis):
+    """The runs behind analysis ``analysis``'s tables (a comparison group's runs for the group tables)."""
+    if analysis == "subspaces":
+        return [run for runs in subspace_groups().values() for run in runs]
+    if analysis == "embeddings":
+        return [run for runs in embedding_groups().values() for run in runs.values()]
+    return analysis_runs()[analysis]
+
+
+def figure_caption_text(wildcards):
+    """The figure's caption file with its runs described (and the paper's values, if asked)."""
+    spec = FIGURES[wildcards.figure]
+    runs = {run.id: run for name in spec.tables for run in runs_of(name)}
+    reference = pd.read_csv(PAPER_REFERENCE) if config["report"]["paper_reference"] else None
+    return figure_caption(spec.caption, sorted(runs.values(), key=lambda run: run.id), reference, spec.paper)
+
+
+def figure_category(wildcards):
+    return REPORT_CATEGORIES[wildcards.figure]
+
+
+def figure_subcategory(wildcards):
+    paper = FIGURES[wildcards.figure].paper
+    return f"paper {paper}" if paper != "new" else "new"
 
 
 def report_runs_text(wildcards):
@@ -423,5 +492,5 @@ def final_outputs(wildcards):
                  for suffix in ("parquet", "png", "svg")]
     analyses += [f"results/analyses/embeddings/{group}.{suffix}" for group in embedding_groups()
                  for suffix in ("parquet", "coords.parquet", "png", "svg", "pca.png", "pca.svg")]
-    tables = ["results/tables/performance.csv", "results/tables/performance.md"]
+    tables = ["results/tables/performance.csv", "results/tables/performance.md", "results/report/performance.html"]
     return data + features + models + runs + stores + analyses + tables + report_outputs()

@@ -46,6 +46,35 @@ rule paired:
         " --tables {input.tables:q} {params.expected} --paired-out {output} 2> {log}"
 
 
+# A figure from the aggregated tables: the paper's F1-F6 and the new analyses', PNG and SVG.
+rule figure:
+    input:
+        unpack(figure_inputs),
+    output:
+        png=report(
+            "results/report/figures/{figure}.png",
+            caption="../workflow_scripts/report/captions/figure.rst",
+            category=figure_category,
+            subcategory=figure_subcategory,
+        ),
+        svg="results/report/figures/{figure}.svg",
+    params:
+        caption=figure_caption_text,
+        args=figure_args,
+    log:
+        "results/logs/report/figure/{figure}.log",
+    wildcard_constraints:
+        figure="|".join(FIGURES),
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m workflow_scripts.report.figures --figure {wildcards.figure} {params.args}"
+        " --out {output.png} 2> {log}"
+
+
 # The paper's claims as numbers from the tables (no claim written by hand).
 rule findings:
     input:
