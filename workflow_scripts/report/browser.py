@@ -403,7 +403,8 @@ def _visit_all(session: _Session, figures: dict[str, FigureCheck], check: Report
                 state = session.click_row(index)
             except Exception as error:
                 check.problems.append(
-                    f"subcategory {where}: the view button of row {index + 1} opened nothing ({_short(error, 120)})"
+                    f"subcategory {where}: the view button of row {index + 1} opened nothing "
+                    f"({_short(error, 120)})"
                 )
                 continue
             figure = figures.get(state["path"])
