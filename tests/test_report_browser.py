@@ -22,6 +22,7 @@ from PIL import Image
 
 from workflow_scripts.report.browser import (
     BrowserUnavailable,
+    load_playwright,
     check_report,
     decode_data_uri,
     non_blank_fraction,
@@ -99,13 +100,16 @@ CAPTION = "A toy result of rule ``{{ snakemake.rule }}``, made to check the repo
 
 @pytest.fixture(scope="module")
 def browser_ready() -> None:
-    """Fail (not skip) without Chromium or playwright: CI installs both through tools/setup.sh."""
+    """Fail (not skip) without Chromium or playwright: CI installs both through tools/setup.sh,
+    and a run that cannot open the report must not pass for one that did."""
+    missing = None
     try:
         resolve_chromium()
-        import playwright.sync_api  # noqa: F401
-    except (BrowserUnavailable, ImportError) as error:
-        pytest.fail(f"the browser check needs Chromium and playwright: {error}. Run `bash tools/setup.sh`.",
-                    pytrace=False)
+        load_playwright()
+    except BrowserUnavailable as error:
+        missing = str(error)
+    if missing:
+        pytest.fail(f"the report's browser check cannot run: {missing}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +231,12 @@ def test_missing_chromium_names_the_setup_script(tmp_path, monkeypatch):
     report.write_text("<html></html>")
     with pytest.raises(BrowserUnavailable, match="tools/setup.sh"):
         check_report(report, chromium=str(tmp_path / "also-missing"))
+
+
+def test_missing_playwright_names_the_setup_script(monkeypatch):
+    monkeypatch.setitem(sys.modules, "playwright.sync_api", None)  # what an absent package looks like
+    with pytest.raises(BrowserUnavailable, match="playwright package is not installed.*tools/setup.sh"):
+        load_playwright()
 
 
 def _png(pixels: np.ndarray) -> bytes:

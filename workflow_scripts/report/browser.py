@@ -199,7 +199,8 @@ def resolve_chromium(chromium: str | None = None) -> str:
     return candidate
 
 
-def _sync_playwright():
+def load_playwright():
+    """Playwright's ``sync_playwright``, or :class:`BrowserUnavailable` saying how to install it."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as error:
@@ -452,7 +453,7 @@ def check_report(
     if not html.is_file():
         raise InputError(f"report {html} does not exist or is not a file")
     executable = resolve_chromium(chromium)
-    sync_playwright = _sync_playwright()
+    sync_playwright = load_playwright()
     check = ReportCheck(report=html)
     started = time.monotonic()
     with sync_playwright() as playwright:
