@@ -41,11 +41,17 @@ SNAKEFILE = textwrap.dedent(
     MAKE = f"{sys.executable} make_outputs.py"
 
     rule all:
-        input: "results/curve.png", "results/bars.svg", "results/summary.html", "results/summary.csv"
+        input:
+            expand("results/curve_{markers}.png", markers=["yes", "no"]),
+            "results/bars.svg", "results/summary.html", "results/summary.csv",
 
+    # Two labels, the second with two values in half the results each: the report's table shows
+    # one row and a toggle between the two files.
     rule curve:
-        output: report("results/curve.png", caption="caption.rst", category="Figures", subcategory="Curves")
-        shell: MAKE + " curve {output}"
+        output:
+            report("results/curve_{markers}.png", caption="caption.rst", category="Figures",
+                   subcategory="Curves", labels={"figure": "sine", "markers": "{markers}"}),
+        shell: MAKE + " curve {output} {wildcards.markers}"
 
     rule bars:
         output: report("results/bars.svg", caption="caption.rst", category="Figures", subcategory="Bars")
@@ -74,9 +80,9 @@ MAKE_OUTPUTS = textwrap.dedent(
 
     what, *outputs = sys.argv[1:]
     if what == "curve":
-        x = np.linspace(0, 6, 200)
+        x = np.linspace(0, 6, 20)
         fig, ax = plt.subplots(figsize=(4, 3), dpi=80)
-        ax.plot(x, np.sin(x), linewidth=3)
+        ax.plot(x, np.sin(x), linewidth=3, marker="o" if outputs[1] == "yes" else None)
         ax.set_xlabel("x")
         ax.set_ylabel("sin x")
         fig.tight_layout()
@@ -114,7 +120,8 @@ def browser_ready() -> None:
 
 @pytest.fixture(scope="module")
 def toy_report(tmp_path_factory) -> Path:
-    """A Snakemake report of a PNG, an SVG, an HTML table and a CSV, in three subcategories."""
+    """A Snakemake report of two PNGs (behind a toggle), an SVG, an HTML table and a CSV, in three
+    subcategories."""
     root = tmp_path_factory.mktemp("toy_workflow")
     (root / "Snakefile").write_text(SNAKEFILE)
     (root / "caption.rst").write_text(CAPTION)
@@ -134,14 +141,18 @@ def test_toy_report_passes(browser_ready, toy_report, tmp_path):
     assert check.console_errors == [] and check.page_errors == [] and check.failed_requests == []
 
     by_name = {figure.name: figure for figure in check.figures}
-    assert set(by_name) == {"curve.png", "bars.svg", "summary.html", "summary.csv"}
+    assert set(by_name) == {"curve_yes.png", "curve_no.png", "bars.svg", "summary.html", "summary.csv"}
     # The PNG's decoded size is its pixel size: 4 x 3 inches at 80 dpi.
-    assert (by_name["curve.png"].natural_width, by_name["curve.png"].natural_height) == (320, 240)
+    for name in ("curve_yes.png", "curve_no.png"):
+        assert (by_name[name].natural_width, by_name[name].natural_height) == (320, 240)
     # matplotlib writes the SVG 4 x 3 inches = 288 x 216 pt, which a browser shows at 4/3 px per pt.
     assert (by_name["bars.svg"].natural_width, by_name["bars.svg"].natural_height) == (384, 288)
-    for name in ("curve.png", "bars.svg"):
-        assert by_name[name].kind == "image" and by_name[name].opened_via == "navigation"
-        assert by_name[name].non_blank_fraction > 0.01
+    for name in ("curve_yes.png", "curve_no.png", "bars.svg"):
+        assert by_name[name].kind == "image" and by_name[name].non_blank_fraction > 0.01
+    # The table row shows the toggle's "yes" file; the "no" file is reached through the toggle.
+    opened_via = {name: figure.opened_via for name, figure in by_name.items()}
+    assert opened_via == {"curve_yes.png": "navigation", "curve_no.png": "toggle", "bars.svg": "navigation",
+                          "summary.html": "navigation", "summary.csv": "none"}
     # The table's rendered extent: a header and three rows, narrower than the frame.
     table = by_name["summary.html"]
     assert table.kind == "html" and 0 < table.natural_height < 300 and 0 < table.natural_width < 500
@@ -151,7 +162,7 @@ def test_toy_report_passes(browser_ready, toy_report, tmp_path):
 
     assert check.non_blank_fraction > 0.02
     assert non_blank_fraction(screenshot.read_bytes()) == pytest.approx(check.non_blank_fraction)
-    assert "curve.png" in check.screenshot_view or "bars.svg" in check.screenshot_view
+    assert "curve_yes.png" in check.screenshot_view or "bars.svg" in check.screenshot_view
 
 
 def _replace_embedded(html: str, mime: str, filename: str, payload: bytes) -> tuple[str, bytes]:
@@ -166,7 +177,7 @@ def _replace_embedded(html: str, mime: str, filename: str, payload: bytes) -> tu
 
 def test_corrupt_figure_and_empty_table_are_flagged(browser_ready, toy_report, tmp_path):
     html = toy_report.read_text(encoding="utf-8")
-    html, png = _replace_embedded(html, "image/png", "curve.png", b"\x89PNG not an image at all " * 40)
+    html, png = _replace_embedded(html, "image/png", "curve_yes.png", b"\x89PNG not an image at all " * 40)
     assert png.startswith(b"\x89PNG")
     html, table = _replace_embedded(html, "text/html", "summary.html", b"<html><body>\n</body></html>")
     assert b"<table" in table
@@ -176,12 +187,12 @@ def test_corrupt_figure_and_empty_table_are_flagged(browser_ready, toy_report, t
     check = check_report(corrupt, timeout_s=30)
     assert not check.ok
     by_name = {figure.name: figure for figure in check.figures}
-    assert not by_name["curve.png"].ok and not by_name["summary.html"].ok
-    assert (by_name["curve.png"].natural_width, by_name["curve.png"].natural_height) == (0, 0)
+    assert not by_name["curve_yes.png"].ok and not by_name["summary.html"].ok
+    assert (by_name["curve_yes.png"].natural_width, by_name["curve_yes.png"].natural_height) == (0, 0)
     assert by_name["summary.html"].natural_height == 0
-    assert by_name["bars.svg"].ok and by_name["summary.csv"].ok
+    assert by_name["bars.svg"].ok and by_name["summary.csv"].ok and by_name["curve_no.png"].ok
     problems = check.problems
-    assert any("curve.png" in problem and "could not load" in problem for problem in problems), problems
+    assert any("curve_yes.png" in problem and "could not load" in problem for problem in problems), problems
     assert any("summary.html" in problem and "empty page" in problem for problem in problems), problems
     assert len(problems) == 2, problems
 
