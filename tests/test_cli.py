@@ -28,6 +28,11 @@ ENTRY_POINTS = [
     "workflow_scripts.analyses.cka",
     "workflow_scripts.analyses.embeddings",
     "workflow_scripts.report.performance",
+    "workflow_scripts.report.aggregate",
+    "workflow_scripts.report.figures",
+    "workflow_scripts.report.findings",
+    "workflow_scripts.report.config_page",
+    "workflow_scripts.report.browser",
     "workflow_scripts.provenance",
 ]
 

@@ -20,7 +20,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import FROZEN_RUN, RUN, TINY, jobs_after_training, with_changes
+from test_workflow import (
+    FROZEN_RUN,
+    REPORT_RULES,
+    RUN,
+    TINY,
+    analyses_of,
+    jobs_after_training,
+    report_jobs,
+    with_changes,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SLURM_SH = ["bash", str(REPO / "tools" / "slurm.sh")]
@@ -216,6 +225,12 @@ def ran(run: Run) -> list[tuple[str, str | None]]:
     return sorted((job.rule, job.wildcards.get("method")) for job in run.jobs() if job.rule != "all")
 
 
+def report_ran(retrained: set[tuple[str, str]], config_changed: bool) -> list[tuple[str, None]]:
+    """``ran``'s entries of the report jobs that follow retraining (no method wildcard)."""
+    return [(rule, None) for rule, _ in report_jobs(analyses_of(retrained), trained=True,
+                                                    config_changed=config_changed)]
+
+
 GROUPED_ANALYSES = ("contribution", "contribution_difference", "logit_lens", "probes", "spectra", "spectra_comparison",
                     "weight_spectra", "subspaces", "cka", "cka_lora_frozen", "cka_seeds", "embeddings")
 assert set(GROUPED_ANALYSES) == {rule for rule, group in PROFILE["groups"].items() if group == "analyses"}
@@ -230,7 +245,7 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
     # Each run's two stores are captured in jobs of their own (they run the model, as train does),
     # and so is its erasure.
     for model_job in ("capture_acts", "capture_grads", "erasure"):
-        methods = ["frozen", "lora"] if model_job == "erasure" else ["frozen", "lora", "lora_init"]
+        methods = ["frozen", "lora", "lora_init"] if model_job == "capture_grads" else ["frozen", "lora"]
         assert sorted(job.wildcards["method"] for job in jobs if job.rule == model_job and job.group is None) == \
             methods, full_run
     # Every analysis that does not run the model is in the profile's `analyses` group; a run's
@@ -239,9 +254,14 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
     assert sorted((job.rule, job.wildcards["method"]) for job in analyses) == sorted(
         job for job in jobs_after_training({"frozen", "lora", "lora_init"}) if job[0] in GROUPED_ANALYSES), full_run
     assert all(job.group and job.group[1] == "analyses" for job in analyses), full_run
-    for method in ("frozen", "lora", "lora_init"):
+    for method in ("frozen", "lora"):
         assert len({job.group for job in analyses if job.wildcards["method"] == method
                     and job.rule in ("contribution", "logit_lens", "probes")}) == 1, full_run
+    # The report's aggregates, figures and findings are grouped with the performance table.
+    report = [job for job in jobs if job.rule in REPORT_RULES]
+    assert {(job.rule, job.wildcards.get("analysis") or job.wildcards.get("figure") or "") for job in report} == \
+        report_jobs(analyses_of(jobs_after_training({"frozen", "lora", "lora_init"})), trained=True), full_run
+    assert all(job.group and job.group[1] == "tables" for job in report), full_run
     # ... which asks for no more CPUs than the profile's `cores` (2, this node's size): its jobs run
     # at most two at a time, instead of asking for the sum of them all.
     for record in records.values():
@@ -268,7 +288,8 @@ def test_a_changed_training_setting_resubmits_only_the_affected_jobs(workdir, fu
     records = completed_as_logged(rerun)
     # The untrained reference (lora_init) does not read the learning rate; nothing upstream does.
     # The retrained runs' stores are captured again.
-    assert ran(rerun) == sorted([("performance", None), *jobs_after_training({"frozen", "lora"})]), rerun
+    assert ran(rerun) == sorted([("performance", None), *jobs_after_training({"frozen", "lora"}),
+                                 *report_ran(jobs_after_training({"frozen", "lora"}), config_changed=True)]), rerun
     assert not set(records) & set(full_run.submitted)
 
 
@@ -297,7 +318,8 @@ def test_a_failed_job_names_its_logs_and_the_rerun_resubmits_only_it_and_its_dep
     blocker.unlink()
     rerun = slurm_snakemake(workdir, config=LR_CHANGED)
     completed_as_logged(rerun)
-    assert ran(rerun) == sorted([("performance", None), *jobs_after_training({"frozen"})]), rerun
+    assert ran(rerun) == sorted([("performance", None), *jobs_after_training({"frozen"}),
+                                 *report_ran(jobs_after_training({"frozen"}), config_changed=False)]), rerun
 
 
 # One training run, forced to run again with a GPU requested. A GPU job asks for cpus_per_gpu

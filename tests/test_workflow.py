@@ -171,19 +171,68 @@ def test_full_data_stage(workdir, tiny_run):
     frozen_grads = CaptureStore(workdir / "results" / "acts" / FROZEN_RUN.relative_to("results/runs") / "grads.zarr")
     assert lora_grads.utt_ids == frozen_grads.utt_ids and lora_grads.adapted() and not frozen_grads.adapted()
 
+    # The report's tables, figures and pages (one run per configuration: no interval).
+    report = workdir / "results" / "report"
+    from workflow_scripts.report.figures import FIGURES
+
+    for name in TINY_ANALYSES:
+        aggregated = pd.read_parquet(report / "tables" / f"{name}.parquet")
+        assert len(aggregated) and set(aggregated["interval"]) <= {"none"}, name
+    paired = pd.read_parquet(report / "tables" / "probes.paired.parquet")
+    assert set(paired["pairs"]) == {1} and set(paired["targets"]) == {"q_proj+v_proj"}
+    drawn = sorted(p.stem for p in (report / "figures").glob("*.png"))
+    assert drawn == sorted(name for name, spec in FIGURES.items() if set(spec.tables) <= TINY_ANALYSES)
+    findings = pd.read_csv(report / "findings.csv")
+    assert {"first layer the normed lens agrees (> half the clips)", "UAR LoRA − frozen"} <= set(findings["finding"])
+    for page in ("findings.html", "config.html", "performance.html"):
+        assert "<table>" in (report / page).read_text(), page
+
     again = snakemake(workdir)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-# What every run's training is followed by: its two captures and the readouts of its stores.
+def test_the_report_is_one_page_that_renders_in_a_real_browser(workdir, tiny_run):
+    from workflow_scripts.report.browser import check_report
+
+    page = workdir / "results" / "report.html"
+    snakemake(workdir, "--report", str(page))
+    check = check_report(page, workdir / "report.png")
+    assert check.ok, check.problems
+    shown = {Path(figure.path).name for figure in check.figures}
+    expected = {p.name for p in (workdir / "results" / "report" / "figures").glob("*.png")}
+    expected |= {"findings.html", "config.html", "performance.html"}
+    assert expected <= shown, expected - shown
+
+
+def test_a_report_with_a_missing_result_is_not_written(workdir, tiny_run):
+    import shutil
+
+    figure = workdir / "results" / "report" / "figures" / "probes.png"
+    kept = workdir / "probes.png.kept"
+    shutil.copy2(figure, kept)
+    figure.unlink()
+    try:
+        page = workdir / "results" / "broken_report.html"
+        result = snakemake(workdir, "--report", str(page), check=False)
+        assert result.returncode != 0
+        assert "probes.png" in result.stdout + result.stderr
+        assert not page.exists()
+    finally:
+        shutil.copy2(kept, figure)  # the later tests plan from a complete run
+
+
+# What a trained run's training is followed by: its two captures and the readouts of its stores;
+# an untrained reference's: its grads.zarr (readouts on references only with
+# analyses.reference_readouts).
 DOWNSTREAM = ("capture_acts", "capture_grads", "contribution", "logit_lens", "probes")
 
 
 def jobs_after_training(methods: set[str]) -> set[tuple[str, str]]:
     """(rule, method) of each job that follows when TINY's runs of ``methods`` (lora, frozen,
     lora_init; one rank, seed and fold) are trained anew: their own jobs, and the comparisons of
-    the LoRA run with a side that changed."""
-    jobs = {(rule, method) for method in methods for rule in ("train", *DOWNSTREAM)}
+    the LoRA run with a side that changed (the report's jobs: :func:`report_jobs`)."""
+    jobs = {(rule, method) for method in methods - {"lora_init"} for rule in ("train", *DOWNSTREAM)}
+    jobs |= {("train", "lora_init"), ("capture_grads", "lora_init")} if "lora_init" in methods else set()
     jobs |= {(rule, method) for method in methods & {"lora", "lora_init"} for rule in ("spectra", "weight_spectra")}
     jobs |= {("erasure", method) for method in methods & {"lora", "frozen"}}
     if "lora" in methods:
@@ -193,6 +242,46 @@ def jobs_after_training(methods: set[str]) -> set[tuple[str, str]]:
     if methods & {"lora", "lora_init"}:
         jobs |= {("spectra_comparison", "lora"), ("cka", "lora")}
     return jobs
+
+
+# The report's rules, and the analyses whose tables the findings read (with the runs' metrics).
+REPORT_RULES = ("aggregate", "paired", "figure", "findings", "report_config")
+FINDINGS_READS = {"contribution", "logit_lens", "spectra_comparison"}
+# The analyses TINY's grid (one LoRA run, its frozen run and lora_init) makes: no comparison across
+# seeds or ranks.
+TINY_ANALYSES = {"contribution", "contribution_difference", "logit_lens", "probes", "erasure", "spectra",
+                 "spectra_comparison", "weight_spectra", "cka", "cka_lora_frozen", "embeddings"}
+
+
+def report_jobs(changed: set[str], available: set[str] = TINY_ANALYSES, trained: bool = False,
+                config_changed: bool = True) -> set[tuple[str, str]]:
+    """(rule, analysis or figure) of each report job that follows when the tables of the analyses
+    ``changed`` change (and, if ``trained``, the runs' metrics): their aggregates and paired
+    tables, the figures that read them, the findings if they read one; the config page if the
+    config changed."""
+    from workflow_scripts.report.aggregate import PAIRED
+    from workflow_scripts.report.figures import FIGURES
+
+    changed = changed & available
+    jobs = {("aggregate", name) for name in changed} | {("paired", name) for name in changed & set(PAIRED)}
+    for name, spec in FIGURES.items():
+        reads = set(spec.tables) | set(spec.paired) | set(spec.optional_paired)
+        if set(spec.tables) | set(spec.paired) <= available and reads & changed:
+            jobs.add(("figure", name))
+    if trained or changed & FINDINGS_READS:
+        jobs.add(("findings", ""))
+    if config_changed:
+        jobs.add(("report_config", ""))
+    return jobs
+
+
+def report_jobs_listed(jobs) -> set[tuple[str, str]]:
+    return {(rule, w.get("analysis") or w.get("figure") or "") for rule, w in jobs if rule in REPORT_RULES}
+
+
+def analyses_of(jobs: set[tuple[str, str]]) -> set[str]:
+    """The analysis rules among (rule, method) jobs."""
+    return {rule for rule, _ in jobs} - {"train", "capture_acts", "capture_grads"}
 
 
 def trained_methods(jobs) -> set[str]:
@@ -221,9 +310,11 @@ def test_a_changed_setting_reruns_only_what_uses_it(workdir, tiny_run, change, t
     assert not trained_methods(jobs) & untouched
     # A retrained run's stores are captured again and analysed again, and so are the comparisons
     # that read it; erasure is computed for the trained runs only (analyses.erasure.references: false).
-    assert sorted((rule, w["method"]) for rule, w in jobs if rule not in ("all", "performance")) == sorted(
+    assert sorted((rule, w["method"]) for rule, w in jobs if rule not in ("all", "performance", *REPORT_RULES)) == sorted(
         jobs_after_training(trains))
     assert {rule for rule, _ in jobs} >= {"performance", "all"}
+    # The report: the aggregates, paired tables and figures of what changed, the findings, the config page.
+    assert report_jobs_listed(jobs) == report_jobs(analyses_of(jobs_after_training(trains)), trained=True)
 
 
 @pytest.mark.parametrize("change, rules", [
@@ -244,11 +335,14 @@ def test_a_changed_setting_reruns_only_what_uses_it(workdir, tiny_run, change, t
     "logit_lens_split", "contribution_split", "spectra_center", "cka_permutations", "embeddings_perplexity"])
 def test_a_changed_capture_or_analysis_setting_reruns_only_those_jobs(workdir, tiny_run, change, rules):
     jobs = jobs_listed(snakemake(workdir, "-n", config=with_changes(TINY, **change)))
-    assert {rule for rule, _ in jobs} == rules | {"all"}
+    assert {rule for rule, _ in jobs} - set(REPORT_RULES) == rules | {"all"}
     for rule in rules:  # every run's jobs of that rule (a comparison's: the LoRA run's), nothing else
-        expected = {"erasure": ["frozen", "lora"], "spectra": ["lora", "lora_init"]}.get(
-            rule, ["lora"] if rule in LORA_RUN_COMPARISONS else ["frozen", "lora", "lora_init"])
+        expected = {"erasure": ["frozen", "lora"], "spectra": ["lora", "lora_init"],
+                    "capture_grads": ["frozen", "lora", "lora_init"]}.get(
+            rule, ["lora"] if rule in LORA_RUN_COMPARISONS else ["frozen", "lora"])
         assert sorted(w["method"] for name, w in jobs if name == rule) == expected
+    # ... and the report's jobs that read those tables.
+    assert report_jobs_listed(jobs) == report_jobs(rules)
 
 
 # The analyses made once per trained LoRA run (or its group), comparing it with other runs.
@@ -265,9 +359,11 @@ def test_a_lost_run_is_rebuilt_with_the_table(workdir, tiny_run):
     rerun = snakemake(workdir, config=TINY)
     jobs = jobs_listed(rerun)
     # The frozen run's jobs, and the LoRA − frozen comparisons, whose frozen side changed.
-    assert sorted((rule, w["method"]) for rule, w in jobs if rule not in ("all", "performance")) == sorted(
+    assert sorted((rule, w["method"]) for rule, w in jobs if rule not in ("all", "performance", *REPORT_RULES)) == sorted(
         jobs_after_training({"frozen"}))
     assert "performance" in {rule for rule, _ in jobs}
+    assert report_jobs_listed(jobs) == report_jobs(analyses_of(jobs_after_training({"frozen"})), trained=True,
+                                                   config_changed=False)
     assert sorted(p.name for p in (workdir / FROZEN_RUN).iterdir()) == ["history.csv", "metrics.json",
                                                                         "predictions.parquet", "weights"]
     assert (tables / "performance.csv").stat().st_mtime_ns > table_before
@@ -287,7 +383,11 @@ def test_more_seeds_train_only_the_new_runs(workdir, tiny_run):
     assert sorted(per_seed) == sorted(jobs_after_training({"lora", "frozen", "lora_init"})
                                       | {("cka_seeds", "lora"), ("cka_seeds", "frozen")}), rerun
     assert {w["seed"] for _, w in jobs if "seed" in w} == {"1"}
-    assert sorted(rule for rule, w in jobs if "seed" not in w) == ["all", "performance", "subspaces"]
+    assert sorted(rule for rule, w in jobs if "seed" not in w and rule not in REPORT_RULES) == [
+        "all", "performance", "subspaces"]
+    # Every table gains a seed: the whole report, now with the comparisons across seeds.
+    across_seeds = TINY_ANALYSES | {"subspaces", "cka_seeds"}
+    assert report_jobs_listed(jobs) == report_jobs(across_seeds, across_seeds, trained=True)
     subspaces = pd.read_parquet(workdir / "results" / "analyses" / "subspaces" / "demo/holdout/tiny/lora/q_proj+v_proj.parquet")
     assert set(subspaces["differs"]) == {"seed"}
     assert (workdir / RUN / "metrics.json").stat().st_mtime_ns == before
