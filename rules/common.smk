@@ -363,6 +363,15 @@ def analysis_tables(name):
 PAIRED_ANALYSES = ("contribution", "logit_lens", "probes", "erasure")
 
 
+def tables_of(name):
+    """Input function: every table of analysis ``name`` (the grid may wait for a checkpoint)."""
+
+    def tables(wildcards):
+        return analysis_tables(name)
+
+    return tables
+
+
 def aggregate_tables(wildcards):
     return analysis_tables(wildcards.analysis)
 

@@ -78,10 +78,10 @@ rule figure:
 # The paper's claims as numbers from the tables (no claim written by hand).
 rule findings:
     input:
-        logit_lens=analysis_tables("logit_lens"),
-        contribution=analysis_tables("contribution"),
+        logit_lens=tables_of("logit_lens"),
+        contribution=tables_of("contribution"),
         paired="results/report/tables/contribution.paired.parquet",
-        spectra_comparison=analysis_tables("spectra_comparison"),
+        spectra_comparison=tables_of("spectra_comparison"),
         metrics=run_metrics,
     output:
         csv="results/report/findings.csv",
