@@ -12,7 +12,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from workflow_scripts.errors import InputError
@@ -70,3 +70,25 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = 
         # A user's mistake is not a crash: show the message, not a traceback.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def parse_assignments(values: list[str] | None, flag: str, form: str = "NAME=VALUE",
+                      names: Iterable[str] | None = None) -> dict[str, str]:
+    """The ``NAME=VALUE`` arguments of a repeatable option ``flag`` as ``{NAME: VALUE}``. An
+    :class:`InputError` names the option and the malformed one, one whose NAME is not among
+    ``names`` (when given) or one given twice. ``form`` is how the help writes it (RUN_ID=PATH)."""
+    allowed = None if names is None else list(names)
+    name_part = form.split("=", 1)[0]
+    pairs: dict[str, str] = {}
+    for value in values or []:
+        name, sep, rest = value.partition("=")
+        name = name.strip()
+        if not sep or not name or not rest:
+            raise InputError(f"{flag} {value!r}: expected {form}"
+                             + (f", {name_part} one of {allowed}" if allowed is not None else ""))
+        if allowed is not None and name not in allowed:
+            raise InputError(f"{flag} {value}: the {name_part.lower()} must be one of {allowed}")
+        if name in pairs:
+            raise InputError(f"{flag}: {name_part.lower()} {name} is given twice ({pairs[name]} and {rest})")
+        pairs[name] = rest
+    return pairs

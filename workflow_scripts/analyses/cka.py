@@ -71,7 +71,7 @@ import numpy as np
 import pandas as pd
 from scipy.linalg import blas
 
-from workflow_scripts.cli import resolve_spec, run_main
+from workflow_scripts.cli import parse_assignments, resolve_spec, run_main
 from workflow_scripts.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -1254,19 +1254,6 @@ def layer_figure(table: pd.DataFrame, title: str):
 # --- entry point ------------------------------------------------------------------------------------
 
 
-def parse_references(values: list[str] | None) -> dict[str, str]:
-    """``NAME=PATH`` pairs of ``--reference``, NAME one of the references."""
-    references = {}
-    for value in values or []:
-        name, sep, path = value.partition("=")
-        if not sep or name not in REFERENCES or not path:
-            raise InputError(f"--reference {value!r}: write NAME=PATH with NAME one of {list(REFERENCES)}")
-        if name in references:
-            raise InputError(f"--reference {name} given twice")
-        references[name] = path
-    return references
-
-
 def main(argv: list[str] | None = None) -> None:
     from workflow_scripts.analyses.output import analysis_parser, publish
     from workflow_scripts.capture.store import CaptureStore
@@ -1290,7 +1277,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.grads:
         if args.other_acts or args.pairing:
             raise InputError("--other-acts and --pairing go with --acts, not --grads")
-        references = parse_references(args.reference)
+        references = parse_assignments(args.reference, "--reference", "NAME=PATH", REFERENCES)
         stores = {TRAINED: CaptureStore(args.grads, kind="grads", run=run.id)}
         stores.update({name: CaptureStore(path, kind="grads") for name, path in references.items()})
         record = provenance("cka", settings, run=run.id, grads=args.grads, references=references)

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.cli import resolve_spec, run_main
+from workflow_scripts.cli import parse_assignments, resolve_spec, run_main
 from workflow_scripts.errors import InputError
 from workflow_scripts.metrics import confusion_matrix, uar
 
@@ -490,16 +490,12 @@ def figure_title(method: str, module: str, table: pd.DataFrame, settings: dict, 
 
 def parse_acts(values: list[str]) -> dict[int, str]:
     """``["8=a.zarr", "32=b.zarr"]`` -> ``{8: "a.zarr", 32: "b.zarr"}``; one store per rank."""
-    acts: dict[int, str] = {}
-    for value in values:
-        rank, sep, path = value.partition("=")
-        if not sep or not path or not rank.strip().isdigit():
-            raise InputError(f"--acts {value!r}: expected RANK=PATH, "
-                             "e.g. 8=results/acts/.../r8/.../acts.zarr")
-        if int(rank) in acts:
-            raise InputError(f"--acts: rank {int(rank)} is given twice ({acts[int(rank)]} and {path})")
-        acts[int(rank)] = path
-    return acts
+    acts = parse_assignments(values, "--acts", "RANK=PATH")
+    malformed = [rank for rank in acts if not rank.isdigit()]
+    if malformed:
+        raise InputError(f"--acts {malformed[0]}={acts[malformed[0]]}: expected RANK=PATH, "
+                         "e.g. 8=results/acts/.../r8/.../acts.zarr")
+    return {int(rank): path for rank, path in acts.items()}
 
 
 def embeddings_parser():

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.cli import resolve_spec, run_main
+from workflow_scripts.cli import parse_assignments, resolve_spec, run_main
 from workflow_scripts.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -571,18 +571,6 @@ def read_spectra_table(path: str) -> pd.DataFrame:
         raise InputError(f"{path} is not a readable Parquet table: {error}") from error
 
 
-def parse_references(values: list[str]) -> dict[str, str]:
-    references = {}
-    for value in values:
-        label, sep, path = value.partition("=")
-        if not sep or not label or not path:
-            raise InputError(f"--reference {value!r}: expected LABEL=TABLE.parquet, LABEL one of {list(REFERENCES)}")
-        if label in references or label == TRAINED:
-            raise InputError(f"--reference {value!r}: label {label!r} given twice (or clashes with the trained run)")
-        references[label] = path
-    return references
-
-
 def figure_paths(out: str | Path) -> tuple[Path, Path]:
     """Where a comparison's figures go: F4 at OUT.png (and .svg), F5 at OUT.top10.png (and .svg)."""
     out = Path(out)
@@ -593,7 +581,7 @@ def compare(args, run, settings: dict) -> None:
     from workflow_scripts.analyses.output import save_figure, with_run_columns, write_analysis
     from workflow_scripts.provenance import provenance, read_provenance
 
-    sources = {TRAINED: args.compare, **parse_references(args.reference)}
+    sources = {TRAINED: args.compare, **parse_assignments(args.reference, "--reference", "LABEL=TABLE.parquet", REFERENCES)}
     tables = {label: read_spectra_table(path) for label, path in sources.items()}
     check_comparable(tables, sources, run)
     check_same_treatment({label: read_provenance(path) for label, path in sources.items()}, sources)

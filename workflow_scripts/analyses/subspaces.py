@@ -42,7 +42,7 @@ from workflow_scripts.analyses.weight_spectra import (
     delta_w_column_basis,
     module_order,
 )
-from workflow_scripts.cli import run_main
+from workflow_scripts.cli import parse_assignments, run_main
 from workflow_scripts.errors import InputError, describe_offenders
 from workflow_scripts.runs import LORA_METHODS, Run
 
@@ -240,20 +240,6 @@ def subspaces_figure(table: pd.DataFrame, title: str):
     return figure
 
 
-def parse_run_arguments(values: list[str]) -> dict[str, str]:
-    """``["RUN_ID=WEIGHTS_DIR", ...]`` -> ``{run id: weights folder}``; InputError on a malformed
-    or repeated one."""
-    runs: dict[str, str] = {}
-    for value in values:
-        run_id, sep, weights = value.partition("=")
-        if not sep or not run_id or not weights:
-            raise InputError(f"--run {value!r}: expected RUN_ID=WEIGHTS_DIR")
-        if run_id in runs:
-            raise InputError(f"--run: {run_id} is given twice")
-        runs[run_id] = weights
-    return runs
-
-
 def main(argv: list[str] | None = None) -> None:
     from workflow_scripts.analyses.output import OUT_HELP, save_figure, write_analysis
     from workflow_scripts.cli import entry_parser
@@ -264,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="a run of the comparison group and its weights/ folder (repeat for every run)")
     parser.add_argument("--out", required=True, help=OUT_HELP)
     args = parser.parse_args(argv)
-    runs = parse_run_arguments(args.run)
+    runs = parse_assignments(args.run, "--run", "RUN_ID=WEIGHTS_DIR")
     table = group_subspaces(runs)
     group = "/".join(str(table[f].iloc[0]) for f in GROUP_FIELDS)
     record = provenance("subspaces", {}, group=group, runs=runs)

@@ -66,7 +66,7 @@ from workflow_scripts.analyses.spectra import PANELS as SPECTRA_PANELS
 from workflow_scripts.analyses.spectra import REFERENCES as UNTRAINED_LABELS
 from workflow_scripts.analyses.spectra import SYMBOLS, TRAINED, run_label
 from workflow_scripts.analyses.weight_spectra import MODULES
-from workflow_scripts.cli import entry_parser, run_main
+from workflow_scripts.cli import entry_parser, parse_assignments, run_main
 from workflow_scripts.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -1288,19 +1288,6 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
                          f"table ({error})") from error
 
 
-def parse_pairs(values: list[str], flag: str) -> dict[str, str]:
-    """``["NAME=VALUE", ...]`` -> ``{NAME: VALUE}``; InputError on a malformed or repeated one."""
-    pairs = {}
-    for value in values:
-        key, sep, rest = value.partition("=")
-        if not sep or not key or not rest:
-            raise InputError(f"{flag} {value!r}: expected NAME=VALUE")
-        if key in pairs:
-            raise InputError(f"{flag} {key} given twice")
-        pairs[key] = rest
-    return pairs
-
-
 def _option_value(text: str):
     try:
         return json.loads(text)
@@ -1356,10 +1343,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if Path(args.out).suffix.lower() != ".png":
         raise InputError(f"--out {args.out}: must end in .png (the SVG goes beside it)")
-    tables = {k: read_table(v, f"--table {k}") for k, v in parse_pairs(args.table, "--table").items()}
-    paired = {k: read_table(v, f"--paired {k}") for k, v in parse_pairs(args.paired, "--paired").items()}
+    tables = {k: read_table(v, f"--table {k}")
+              for k, v in parse_assignments(args.table, "--table", "ANALYSIS=PATH").items()}
+    paired = {k: read_table(v, f"--paired {k}")
+              for k, v in parse_assignments(args.paired, "--paired", "ANALYSIS=PATH").items()}
     reference = read_table(args.reference, "--reference") if args.reference else None
-    options = {k: _option_value(v) for k, v in parse_pairs(args.option, "--option").items()}
+    options = {k: _option_value(v) for k, v in parse_assignments(args.option, "--option").items()}
     figure = build_figure(args.figure, tables, paired, reference, options)  # fails before anything is written
     save_figure(figure, args.out)
     log.info("wrote %s and %s", args.out, Path(args.out).with_suffix(".svg"))
