@@ -30,7 +30,7 @@ def describe_runs(runs: list[Run]) -> str:
         folds = sorted({run.fold for run in members})
         parts.append(f"{what} on {where}: seeds {', '.join(map(str, seeds))} × folds "
                      f"{', '.join(map(str, folds))} ({len(members)} run{'s' if len(members) != 1 else ''})")
-    return f"{len(runs)} runs: " + "; ".join(parts)
+    return f"{len(runs)} run{'s' if len(runs) != 1 else ''}: " + "; ".join(parts)
 
 
 def reference_table(reference: pd.DataFrame, figure: str) -> str:
