@@ -1,11 +1,11 @@
 # Shared by every rules file: config validation, the run grid and input functions.
 
+import functools
 import json
 import os
 import re
 import shlex
 import sys
-from dataclasses import asdict, replace
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
@@ -13,26 +13,25 @@ sys.path.insert(0, workflow.basedir)
 
 import pandas as pd
 
-from workflow_scripts.analyses.settings import SECTIONS as ANALYSIS_SECTIONS
+from workflow_scripts.analyses.registry import ANALYSES, FIGURE_CATEGORIES, PAIRED, analysis_spec
 from workflow_scripts.analyses.settings import analysis_settings, erasure_settings
 from workflow_scripts.capture.settings import capture_settings
 from workflow_scripts.cluster import model_job_resources
-from workflow_scripts.report.captions import describe_runs, figure_caption
-from workflow_scripts.report.figures import FIGURES
 from workflow_scripts.config import config_hash, validate_config
 from workflow_scripts.data.audio_cache import audio_cache_settings
 from workflow_scripts.data.folds import PROTOCOLS, fold_settings
-from workflow_scripts.runs import (
-    LORA_METHODS,
-    METHODS,
-    NO_TARGETS,
-    RUN_PATTERN,
-    TRAINED_METHODS,
-    Run,
-    check_training_config,
-    expand_grid,
-    run_settings,
+from workflow_scripts.grid import (
+    EMBEDDING_GROUP,
+    SUBSPACE_GROUP,
+    UNTRAINED_REFERENCES,
+    GridCache,
+    analysis_output,
+    frozen_run,
+    path_of,
 )
+from workflow_scripts.report.captions import describe_runs, figure_caption
+from workflow_scripts.report.figures import FIGURES
+from workflow_scripts.runs import LORA_METHODS, METHODS, NO_TARGETS, RUN_PATTERN, Run, check_training_config, run_settings
 
 # Fill in the schema's defaults and stop with a readable message on a bad key.
 validate_config(config, source="the workflow config")
@@ -64,7 +63,7 @@ wildcard_constraints:
     rank=r"\d+",
     seed=r"\d+",
     fold=r"\d+",
-    analysis="|".join(ANALYSIS_SECTIONS),
+    analysis="|".join(ANALYSES),
 
 
 def as_json(settings):
@@ -103,8 +102,6 @@ def model_spec_json(wildcards):
 
 
 RUN_DIR = f"results/runs/{RUN_PATTERN}"
-# The per-run analyses (rules/analyses.smk; one rule each, named as the analysis).
-ANALYSES = ("contribution", "logit_lens", "probes")
 ACTS_DIR = f"results/acts/{RUN_PATTERN}"
 # A run's wildcards as the arguments a per-run entry point takes (in a rule's shell command).
 RUN_ARGS = (
@@ -114,14 +111,27 @@ RUN_ARGS = (
 )
 
 
-def folds_of(dataset, protocol):
-    """Fold numbers of a protocol, read from its fold table (built first: a checkpoint)."""
-    table = checkpoints.folds.get(dataset=dataset, protocol=protocol).output[0]
+def fold_table_of(dataset, protocol):
+    """A protocol's fold table, once its checkpoint is done (until then Snakemake waits for it)."""
+    return checkpoints.folds.get(dataset=dataset, protocol=protocol).output[0]
+
+
+def read_folds(table):
+    """The fold numbers of a fold table."""
     return sorted(pd.read_parquet(table, columns=["fold"])["fold"].unique().tolist())
 
 
+# The run grid, expanded once per config and per state of the fold tables it reads; every input
+# function below is a lookup into it (workflow_scripts/grid.py).
+GRIDS = GridCache(config, fold_table_of, read_folds)
+
+
+def grid():
+    return GRIDS.grid()
+
+
 def training_runs():
-    return expand_grid(config, folds_of)
+    return grid().runs
 
 
 def run_metrics(wildcards):
@@ -144,13 +154,6 @@ def capture_spec_json(kind):
 def erasure_spec_json(wildcards):
     """The settings a run's erasure job reads."""
     return as_json(erasure_settings(config, wildcards.dataset))
-
-
-def erasure_runs():
-    """The runs erasure is computed for: the trained ones, and the untrained references if
-    analyses.erasure.references is set."""
-    return [run for run in training_runs()
-            if run.method in TRAINED_METHODS or config["analyses"]["erasure"]["references"]]
 
 
 # Threads of a job that runs the model (train, capture_acts, capture_grads, erasure). One: on the
@@ -189,11 +192,6 @@ capture_inputs = {
 }
 
 
-def analysis_output(name, suffix):
-    """Where analysis ``name`` writes its table (parquet) or figure (png, svg) for a run."""
-    return f"results/analyses/{name}/{RUN_PATTERN}.{suffix}"
-
-
 def frozen_counterpart(name, suffix):
     """``analysis_output`` of the frozen run that shares a LoRA run's dataset, protocol, model,
     seed and fold."""
@@ -206,43 +204,13 @@ def frozen_counterpart_store(wildcards):
     return f"results/acts/{frozen_run(Run.from_wildcards(wildcards)).id}/acts.zarr"
 
 
-def frozen_run(run):
-    """The frozen run that shares ``run``'s dataset, protocol, model, seed and fold."""
-    return replace(run, method="frozen", targets=NO_TARGETS, rank=0)
-
-
-# The analyses that compare runs: each is made only where the runs it compares are in the grid.
-# The untrained LoRA references of a trained LoRA run share everything with it but the method.
-UNTRAINED_REFERENCES = ("lora_random", "lora_init")
-# A comparison group of trained LoRA runs across ranks, seeds and folds (principal angles), and
-# across ranks (embeddings).
-SUBSPACE_GROUP = "{dataset}/{protocol}/{model}/{method}/{targets}"
-EMBEDDING_GROUP = "{dataset}/{protocol}/{model}/{method}/{targets}/seed{seed}/fold{fold}"
-
-
-def grid_by_id():
-    return {run.id: run for run in training_runs()}
-
-
-def path_of(pattern, run):
-    """``pattern`` filled in with a run's (or a job's) wildcards."""
-    return pattern.format(**(asdict(run) if isinstance(run, Run) else dict(run.items())))
-
-
-def untrained_references(run):
-    """{method: run} of the untrained references of a trained LoRA run that are in the grid."""
-    grid = grid_by_id()
-    references = {method: replace(run, method=method) for method in UNTRAINED_REFERENCES}
-    return {method: reference for method, reference in references.items() if reference.id in grid}
-
-
 def with_references(pattern, trained_key):
     """Input function: ``pattern`` for the trained LoRA run {wildcards} (key ``trained_key``)
     and for each of its untrained references in the grid (keyed by method)."""
 
     def inputs(wildcards):
         run = Run.from_wildcards(wildcards)
-        references = untrained_references(run)
+        references = grid().untrained_references(run)
         return {trained_key: path_of(pattern, run),
                 **{method: path_of(pattern, reference) for method, reference in references.items()}}
 
@@ -255,38 +223,16 @@ def reference_args(wildcards, input):
                     if name in UNTRAINED_REFERENCES)
 
 
-def first_seed():
-    return min(config["training"]["seeds"])
-
-
-def seed_pairs():
-    """(run, the same configuration at the grid's first seed) for each trained run of a later seed:
-    the seed-to-seed noise floor of the layer x layer CKA."""
-    grid = grid_by_id()
-    pairs = [(run, replace(run, seed=first_seed())) for run in grid.values()
-             if run.method in TRAINED_METHODS and run.seed != first_seed()]
-    return [(run, reference) for run, reference in pairs if reference.id in grid]
-
-
 def first_seed_counterpart(pattern):
     def inputs(wildcards):
-        return path_of(pattern, replace(Run.from_wildcards(wildcards), seed=first_seed()))
+        return path_of(pattern, grid().first_seed_run(Run.from_wildcards(wildcards)))
 
     return inputs
 
 
-def subspace_groups():
-    """{group id: its trained LoRA runs} for the groups with at least two runs."""
-    groups = {}
-    for run in training_runs():
-        if run.method == "lora":
-            groups.setdefault(path_of(SUBSPACE_GROUP, run), []).append(run)
-    return {group: runs for group, runs in groups.items() if len(runs) >= 2}
-
-
 def subspace_weights(wildcards):
     """The weights/ folders of a subspace group's runs, keyed by run id."""
-    return {run.id: f"results/runs/{run.id}/weights" for run in subspace_groups()[path_of(SUBSPACE_GROUP, wildcards)]}
+    return {run.id: f"results/runs/{run.id}/weights" for run in grid().subspace_groups[path_of(SUBSPACE_GROUP, wildcards)]}
 
 
 def run_args(wildcards, input):
@@ -294,18 +240,9 @@ def run_args(wildcards, input):
     return " ".join(f"--run {shlex.quote(f'{name}={path}')}" for name, path in input.items())
 
 
-def embedding_groups():
-    """{group id: {rank: run}} of trained LoRA runs, one group per configuration across ranks."""
-    groups = {}
-    for run in training_runs():
-        if run.method == "lora":
-            groups.setdefault(path_of(EMBEDDING_GROUP, run), {})[run.rank] = run
-    return groups
-
-
 def embedding_stores(wildcards):
     """The acts stores of an embedding group's runs, keyed by rank."""
-    runs = embedding_groups()[path_of(EMBEDDING_GROUP, wildcards)]
+    runs = grid().embedding_groups[path_of(EMBEDDING_GROUP, wildcards)]
     return {f"r{rank}": f"results/acts/{run.id}/acts.zarr" for rank, run in sorted(runs.items())}
 
 
@@ -319,76 +256,41 @@ def run_outputs(run):
     return [path_of(str(path), run) for path in rules.train.output]
 
 
-def analysis_runs():
-    """{analysis: the runs it is computed for} of every per-run analysis: each is made only where
-    the runs it compares are in the grid."""
-    grid = grid_by_id()
-    runs = list(grid.values())
-    lora_with_frozen = [run for run in runs if run.method == "lora" and frozen_run(run).id in grid]
-    lora_with_references = [run for run in runs if run.method == "lora" and untrained_references(run)]
-    adapted = [run for run in runs if run.method in LORA_METHODS]
-    readouts = [run for run in runs if run.method in TRAINED_METHODS or config["analyses"]["reference_readouts"]]
-    return {
-        **{name: readouts for name in ANALYSES},
-        "contribution_difference": lora_with_frozen,  # LoRA − frozen
-        "erasure": erasure_runs(),
-        "spectra": adapted,
-        "weight_spectra": adapted,
-        "spectra_comparison": lora_with_references,
-        "cka": lora_with_references,
-        "cka_lora_frozen": lora_with_frozen,
-        "cka_seeds": [run for run, _ in seed_pairs()],
-    }
-
-
-def analysis_ids(name):
-    """The ids of what analysis ``name`` has one table of: runs, or comparison groups."""
-    if name == "subspaces":
-        return sorted(subspace_groups())
-    if name == "embeddings":
-        return sorted(embedding_groups())
-    return sorted(run.id for run in analysis_runs()[name])
-
-
-def analysis_tables(name):
-    """Every table of analysis ``name`` in the grid."""
-    if name in ("subspaces", "embeddings"):
-        return [f"results/analyses/{name}/{group}.parquet" for group in analysis_ids(name)]
-    return [path_of(analysis_output(name, "parquet"), run) for run in analysis_runs()[name]]
-
-
 # ---- the report ----
 
 # The analyses compared LoRA − frozen over matched seeds and folds (paired tests).
-PAIRED_ANALYSES = ("contribution", "logit_lens", "probes", "erasure")
+PAIRED_ANALYSES = PAIRED
 
 
 def tables_of(name):
     """Input function: every table of analysis ``name`` (the grid may wait for a checkpoint)."""
 
     def tables(wildcards):
-        return analysis_tables(name)
+        return grid().tables(name)
 
     return tables
 
 
 def aggregate_tables(wildcards):
-    return analysis_tables(wildcards.analysis)
+    return grid().tables(wildcards.analysis)
+
+
+@functools.cache
+def _expectations(grid, name):
+    hashes = [f"{d}={config_hash(analysis_settings(name, config, d))}" for d in grid.datasets_of(name)]
+    return " ".join(["--expected-runs", *map(shlex.quote, grid.units(name)), "--expected-hash", *hashes])
 
 
 def aggregate_expectations(wildcards):
     """What the aggregation checks its tables against: the ids of the runs (or groups) the grid
     computes the analysis for, and the hash of the settings the config gives it (per dataset:
     erasure's depend on the dataset's classes)."""
-    name = wildcards.analysis
-    datasets = sorted({run.dataset for run in analysis_runs().get(name, training_runs())})
-    hashes = [f"{d}={config_hash(analysis_settings(name, config, d))}" for d in datasets]
-    return " ".join(["--expected-runs", *map(shlex.quote, analysis_ids(name)), "--expected-hash", *hashes])
+    return _expectations(grid(), wildcards.analysis)
 
 
 def report_analyses():
     """The analyses with at least one table in the grid (the others have nothing to aggregate)."""
-    return [name for name in ANALYSIS_SECTIONS if analysis_ids(name)]
+    return [name for name in ANALYSES if grid().units(name)]
 
 
 def report_outputs():
@@ -402,15 +304,6 @@ def report_outputs():
     return outputs
 
 
-# Where each figure sits in the report (categories sort by their number).
-REPORT_CATEGORIES = {
-    "contribution": "2 readouts", "logit_lens": "2 readouts", "lens_comparison": "2 readouts",
-    "probes": "2 readouts", "erasure": "2 readouts",
-    "energy": "3 subspace geometry", "top10": "3 subspace geometry", "weight_spectra": "3 subspace geometry",
-    "subspaces": "3 subspace geometry",
-    "cka": "4 CKA", "cka_heatmap": "4 CKA",
-    "embedding_quality": "5 embeddings",
-}
 # The paper's values read from its figures (data kept in the repository).
 PAPER_REFERENCE = os.path.join(workflow.basedir, "config", "paper_reference.csv")
 
@@ -443,25 +336,25 @@ def figure_args(wildcards, input):
     return " ".join(map(shlex.quote, args))
 
 
-def runs_of(analysis):
-    """The runs behind analysis ``analysis``'s tables (a comparison group's runs for the group tables)."""
-    if analysis == "subspaces":
-        return [run for runs in subspace_groups().values() for run in runs]
-    if analysis == "embeddings":
-        return [run for runs in embedding_groups().values() for run in runs.values()]
-    return analysis_runs()[analysis]
+@functools.cache
+def paper_reference():
+    return pd.read_csv(PAPER_REFERENCE) if config["report"]["paper_reference"] else None
+
+
+@functools.cache
+def _caption(grid, figure):
+    spec = FIGURES[figure]
+    runs = {run.id: run for name in spec.tables for run in grid.unit_runs(name)}
+    return figure_caption(spec.caption, sorted(runs.values(), key=lambda run: run.id), paper_reference(), spec.paper)
 
 
 def figure_caption_text(wildcards):
     """The figure's caption file with its runs described (and the paper's values, if asked)."""
-    spec = FIGURES[wildcards.figure]
-    runs = {run.id: run for name in spec.tables for run in runs_of(name)}
-    reference = pd.read_csv(PAPER_REFERENCE) if config["report"]["paper_reference"] else None
-    return figure_caption(spec.caption, sorted(runs.values(), key=lambda run: run.id), reference, spec.paper)
+    return _caption(grid(), wildcards.figure)
 
 
 def figure_category(wildcards):
-    return REPORT_CATEGORIES[wildcards.figure]
+    return FIGURE_CATEGORIES[wildcards.figure]
 
 
 def figure_subcategory(wildcards):
@@ -469,9 +362,20 @@ def figure_subcategory(wildcards):
     return f"paper {paper}" if paper != "new" else "new"
 
 
+@functools.cache
+def _runs_text(grid):
+    return describe_runs(grid.runs)
+
+
 def report_runs_text(wildcards):
     """The runs behind the report, described for a caption."""
-    return describe_runs(training_runs())
+    return _runs_text(grid())
+
+
+def analysis_outputs(name):
+    """Every file of analysis ``name`` in the grid: each table and the files it comes with."""
+    spec = analysis_spec(name)
+    return [f"results/analyses/{name}/{unit}.{suffix}" for unit in grid().units(name) for suffix in spec.outputs]
 
 
 def final_outputs(wildcards):
@@ -491,15 +395,8 @@ def final_outputs(wildcards):
     runs = [path for run in training_runs() for path in run_outputs(run)]
     # acts.zarr of every run with readouts (the trained runs, whose comparisons read it too);
     # grads.zarr of every run.
-    stores = [f"results/acts/{run.id}/acts.zarr" for run in analysis_runs()["contribution"]]
+    stores = [f"results/acts/{run.id}/acts.zarr" for run in grid().runs_in("readouts")]
     stores += [f"results/acts/{run.id}/grads.zarr" for run in training_runs()]
-    analyses = [path_of(analysis_output(name, suffix), run) for name, runs in analysis_runs().items()
-                for run in runs for suffix in ("parquet", "png", "svg")]
-    analyses += [path_of(analysis_output("spectra_comparison", suffix), run)
-                 for run in analysis_runs()["spectra_comparison"] for suffix in ("top10.png", "top10.svg")]
-    analyses += [f"results/analyses/subspaces/{group}.{suffix}" for group in subspace_groups()
-                 for suffix in ("parquet", "png", "svg")]
-    analyses += [f"results/analyses/embeddings/{group}.{suffix}" for group in embedding_groups()
-                 for suffix in ("parquet", "coords.parquet", "png", "svg", "pca.png", "pca.svg")]
+    analyses = [path for name in ANALYSES for path in analysis_outputs(name)]
     tables = ["results/tables/performance.csv", "results/tables/performance.md", "results/report/performance.html"]
     return data + features + models + runs + stores + analyses + tables + report_outputs()

@@ -72,7 +72,7 @@ def test_tables_cover_every_analysis():
     assert set(TABLES) == {"contribution", "contribution_difference", "logit_lens", "probes", "erasure", "spectra",
                            "spectra_comparison", "weight_spectra", "subspaces", "cka", "cka_lora_frozen",
                            "cka_seeds", "embeddings"}
-    assert CONFIGURATION == ["dataset", "protocol", "model", "method", "targets", "rank"]
+    assert tuple(CONFIGURATION) == ("dataset", "protocol", "model", "method", "targets", "rank")
     assert RUN_COLUMNS == ["run", "seed", "fold"]
     assert "k" in TABLES["spectra"].keys and "k" in TABLES["weight_spectra"].keys
     assert set(PAIRED) <= set(TABLES)
@@ -91,7 +91,7 @@ def test_aggregate_mean_std_runs_per_configuration(contribution):
     assert row["interval"] == "t"
     assert row["clips_mean"] == 10
     assert row["frames_mean"] == pytest.approx(101.0)  # seeds 0, 1, 2 over both folds
-    assert list(table.columns[:8]) == CONFIGURATION + ["block", "statistic"]
+    assert list(table.columns[:8]) == [*CONFIGURATION, "block", "statistic"]
 
 
 def test_aggregate_small_run_counts_use_the_bootstrap_and_count_nan(contribution):

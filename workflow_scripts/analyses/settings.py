@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workflow_scripts.analyses.registry import SECTIONS
 from workflow_scripts.config import dataset_spec
 
 
@@ -11,16 +12,6 @@ def erasure_settings(config: dict, dataset: str) -> dict:
             "device": config["training"]["device"],  # as the capture: the run's device setting
             "legacy": config["legacy"], "max_seconds": config["audio"]["max_seconds"],
             "classes": dataset_spec(config, dataset)["classes"]}
-
-
-#: The config section each analysis reads (``analyses.<section>``); None for the analyses without
-#: settings. The rules pass that section as ``--spec``; the modules resolve it as below.
-SECTIONS = {
-    "contribution": "contribution", "contribution_difference": "contribution", "logit_lens": "logit_lens",
-    "probes": "probes", "erasure": "erasure", "spectra": "spectra", "spectra_comparison": "spectra",
-    "weight_spectra": None, "subspaces": None, "cka": "cka", "cka_lora_frozen": "cka", "cka_seeds": "cka",
-    "embeddings": "embeddings",
-}
 
 
 def analysis_settings(name: str, config: dict, dataset: str) -> dict:

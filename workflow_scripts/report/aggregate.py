@@ -54,16 +54,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from workflow_scripts.analyses.registry import ANALYSES, CONFIGURATION, PAIRED, SUBSPACE_CONFIGURATION, TableSpec
 from workflow_scripts.atomic import write_table
 from workflow_scripts.cli import entry_parser, run_main
 from workflow_scripts.errors import InputError, describe_offenders
-from workflow_scripts.report.performance import CONFIGURATION
 from workflow_scripts.report.statistics import (
     BOOTSTRAP_BELOW,
     BOOTSTRAP_RESAMPLES,
@@ -83,80 +82,12 @@ __all__ = [
 ]
 
 RUN_COLUMNS = ["run", "seed", "fold"]
-#: What a subspace comparison group shares (workflow_scripts.analyses.subspaces.GROUP_FIELDS); its id
-#: is these joined by "/", as the workflow names the group's table.
-SUBSPACE_CONFIGURATION = ("dataset", "protocol", "model", "method", "targets")
-SUBSPACE_MEASURES = ("mean_cos2", "max_cos")
-#: The analyses whose LoRA runs are compared with their frozen counterparts, pair by pair.
-PAIRED = ("contribution", "logit_lens", "probes", "erasure")
+#: How each analysis's table is aggregated, and which are paired: from the analysis registry.
+TABLES: dict[str, TableSpec] = {name: spec.table for name, spec in ANALYSES.items()}
 LORA, FROZEN = "lora", "frozen"
 #: What a LoRA run shares with its frozen counterpart (the frozen run has no targets and rank 0).
 PAIR_MATCH = ["dataset", "protocol", "model", "seed", "fold"]
 STALE_HINT = "rerun the analysis (a table from an older config?)"
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """How one analysis's tidy table is aggregated.
-
-    ``keys``: the columns that identify one value besides the configuration (grouped with NaN as
-    a value of its own: ``rbf_multiple`` is empty for the linear kernel); ``value``: the column
-    aggregated; ``extras``: numeric columns averaged alongside (``<extra>_mean``); ``layer``: the
-    column that indexes layers or blocks (the Holm family runs across it; None if none); ``unit``:
-    what one row's sample is, ``"runs"`` or ``"pairs"`` (subspaces); ``run``: the column naming
-    the sample (a run id; the group id for embeddings and subspaces); ``configuration``: the
-    configuration columns; ``measures``: value columns stacked into (``measure``, ``value``) first;
-    ``derived``: keys computed from other columns by :func:`prepare_table`.
-    """
-
-    keys: tuple[str, ...]
-    value: str = "value"
-    extras: tuple[str, ...] = ()
-    layer: str | None = None
-    unit: str = "runs"
-    run: str = "run"
-    configuration: tuple[str, ...] = tuple(CONFIGURATION)
-    measures: tuple[str, ...] = ()
-    derived: tuple[str, ...] = ()
-
-    @property
-    def required_columns(self) -> list[str]:
-        """The columns a table of this analysis must have, as the analysis writes it."""
-        if self.unit == "pairs":
-            samples = ["run_1", "run_2"]
-        else:
-            samples = [self.run, "seed", "fold"]
-        values = list(self.measures) if self.measures else [self.value]
-        keys = [key for key in self.keys if key not in self.derived]
-        return list(dict.fromkeys([*self.configuration, *samples, *keys, *values, *self.extras]))
-
-
-CKA_LAYER_KEYS = ("pairing", "layer_a", "layer_b", "kernel", "rbf_multiple", "estimator")
-CKA_NULL = ("null_mean", "null_p95")
-
-TABLES: dict[str, TableSpec] = {
-    "contribution": TableSpec(keys=("block", "statistic"), extras=("clips", "frames"), layer="block"),
-    "contribution_difference": TableSpec(keys=("block", "statistic"), extras=("value_lora", "value_frozen"),
-                                         layer="block"),
-    "logit_lens": TableSpec(keys=("lens", "layer", "statistic"), extras=("clips",), layer="layer"),
-    "probes": TableSpec(keys=("readout", "layer", "statistic"), extras=("clips",), layer="layer"),
-    "erasure": TableSpec(keys=("condition", "layer", "statistic"), extras=("clips",), layer="layer"),
-    "spectra": TableSpec(keys=("block", "module", "quantity", "statistic", "k"), extras=("all_zero",),
-                         layer="block"),
-    "spectra_comparison": TableSpec(keys=("label", "quantity", "module", "statistic")),
-    "weight_spectra": TableSpec(keys=("block", "module", "statistic", "k"), extras=("all_zero",), layer="block"),
-    "subspaces": TableSpec(keys=("differs", "rank_1", "rank_2", "block", "module", "measure"),
-                           extras=("chance", "d_out", "k1", "k2", "all_zero"), layer="block", unit="pairs",
-                           run="group", configuration=SUBSPACE_CONFIGURATION, measures=SUBSPACE_MEASURES,
-                           derived=("rank_1", "rank_2", "measure")),
-    "cka": TableSpec(keys=("block", "module", "level", "comparison", "pairing", "model_a", "quantity_a", "model_b",
-                           "quantity_b", "paper_series", "paper_kernel", "kernel", "rbf_multiple", "estimator"),
-                     extras=CKA_NULL, layer="block"),
-    "cka_lora_frozen": TableSpec(keys=CKA_LAYER_KEYS, extras=CKA_NULL, layer="layer_a"),
-    "cka_seeds": TableSpec(keys=CKA_LAYER_KEYS, extras=CKA_NULL, layer="layer_a"),
-    "embeddings": TableSpec(keys=("block", "module", "space", "statistic"), extras=("clips",), layer="block",
-                            run="group"),
-}
 
 
 def table_spec(analysis: str) -> TableSpec:

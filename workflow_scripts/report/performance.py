@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from workflow_scripts.analyses.registry import CONFIGURATION as ANALYSIS_CONFIGURATION
 from workflow_scripts.atomic import atomic_path, write_table
 from workflow_scripts.cli import entry_parser, run_main
 from workflow_scripts.errors import InputError
@@ -35,7 +36,7 @@ from workflow_scripts.report.html import table_page
 
 log = logging.getLogger(__name__)
 
-CONFIGURATION = ["dataset", "protocol", "model", "method", "targets", "rank"]
+CONFIGURATION = list(ANALYSIS_CONFIGURATION)  # the columns of a configuration, as every report table has them
 METRICS = {"uar": "UAR", "war": "WAR", "macro_f1": "macro-F1"}
 METRIC_RANGE = (0.0, 1.0)  # every metric in METRICS is a proportion
 DEFAULT_SELECT_METRIC = "uar"  # what runs recorded before metrics.json carried select_metric used
