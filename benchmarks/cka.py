@@ -6,14 +6,14 @@ Two workloads, each an L x L matrix of CKA values:
 * ``pooled``: the pooled residual stream of two Whisper-base runs (layers 0..6, 512 features per
   clip; by default the LoRA run's acts.zarr against the frozen run's of the same fold, every clip
   of the store), every layer of one against every layer of the other.
-  loralens: ``analyses.cka.layer_matrices`` (one Gram matrix per layer, centred once, every pair's
+  loralens: ``analyses.cka.estimators.layer_matrices`` (one Gram matrix per layer, centred once, every pair's
   HSIC in one matrix product; the RBF kernel from the same Gram matrix's distances), float64.
-  Paper: the notebook's ``cka(X, Y, kernel)`` called once per pair (``analyses.cka.legacy_cka``:
+  Paper: the notebook's ``cka(X, Y, kernel)`` called once per pair (``analyses.cka.legacy.legacy_cka``:
   Gram matrices recomputed for every pair, linear centred by products with the 1/n matrix,
   RBF by ``sklearn.metrics.pairwise.rbf_kernel``), float32.
 * ``frames``: the LoRA A outputs U of one module (``--module``) at every block of a grads.zarr
   (40 clips). loralens: linear CKA with frames as samples, feature-space and streamed
-  (``analyses.cka.frame_cka_matrix``: a pass for the means, a pass for the joint moments; biased
+  (``analyses.cka.moments.frame_cka_matrix``: a pass for the means, a pass for the joint moments; biased
   and debiased both come out of it), float64, over the real frames. Paper: each clip's frames
   flattened to [clips, 1500·r] (zero-padded to Whisper's 30-s window, as the original's inputs
   were; the padding is built before the clock starts) and ``legacy_cka`` per block pair, float32.
@@ -149,7 +149,8 @@ def padded_windows(rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def pooled_workload(inputs: dict, repeats: int) -> dict:
-    from workflow_scripts.analyses.cka import layer_matrices, legacy_cka, permutations
+    from workflow_scripts.analyses.cka.estimators import layer_matrices, permutations
+    from workflow_scripts.analyses.cka.legacy import legacy_cka
 
     a, b = inputs["pooled_a"], inputs["pooled_b"]
     xs = [a[:, layer] for layer in range(a.shape[1])]
@@ -198,7 +199,8 @@ def pooled_workload(inputs: dict, repeats: int) -> dict:
 
 
 def frames_workload(inputs: dict, repeats: int) -> dict:
-    from workflow_scripts.analyses.cka import frame_cka_matrix, legacy_cka
+    from workflow_scripts.analyses.cka.legacy import legacy_cka
+    from workflow_scripts.analyses.cka.moments import frame_cka_matrix
 
     frames, offsets = inputs["frames"], inputs["offsets"]
     windows = [padded_windows(rows, offsets) for rows in frames]  # before the clock: the paper's inputs

@@ -10,31 +10,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts.analyses.cka import (
-    PAPER_SERIES,
-    CrossMoments,
-    FrameMoments,
-    Side,
-    StreamingLinearCKA,
+from workflow_scripts.analyses.cka.__main__ import main
+from workflow_scripts.analyses.cka.estimators import (
     cka,
     cka_from_grams,
     cka_matrix,
-    cka_settings,
     degenerate,
-    frame_cka_matrix,
-    frame_pair,
-    gradient_pairings,
     hsic_biased,
     hsic_debiased,
-    layer_cka,
-    legacy_cka,
     linear_gram,
-    main,
     permutations,
     rbf_bandwidth,
     rbf_gram,
     u_center,
 )
+from workflow_scripts.analyses.cka.legacy import legacy_cka
+from workflow_scripts.analyses.cka.moments import (
+    CrossMoments,
+    FrameMoments,
+    StreamingLinearCKA,
+    frame_cka_matrix,
+)
+from workflow_scripts.analyses.cka.pairings import PAPER_SERIES, frame_pair, gradient_pairings, layer_cka
+from workflow_scripts.analyses.cka.settings import cka_settings
+from workflow_scripts.analyses.cka.stores import Side
 from workflow_scripts.capture.store import CaptureStore, CaptureStoreWriter, StoreShape
 from workflow_scripts.errors import InputError
 
@@ -240,7 +239,7 @@ def side(name: str, rows: np.ndarray) -> Side:
 
 
 def test_the_streamed_frame_level_null_equals_the_gram_form_of_the_shuffled_rows(monkeypatch):
-    import workflow_scripts.analyses.cka as module
+    import workflow_scripts.analyses.cka.moments as module
 
     monkeypatch.setattr(module, "BLOCK_BYTES", 8 * 64)  # blocks of 1024 rows at least: force several
     x, y = related(n=2500, p=4, q=3, seed=4)

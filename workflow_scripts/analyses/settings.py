@@ -33,7 +33,7 @@ def analysis_settings(name: str, config: dict, dataset: str) -> dict:
 
         return spectra_settings(passed)
     if section == "cka":
-        from workflow_scripts.analyses.cka import cka_settings
+        from workflow_scripts.analyses.cka.settings import cka_settings
 
         return cka_settings(passed)
     if section == "embeddings":

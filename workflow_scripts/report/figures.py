@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.analyses.cka import PAPER_SERIES
+from workflow_scripts.analyses.cka.pairings import PAPER_SERIES
 from workflow_scripts.analyses.spectra import COLOURS as LABEL_COLOURS
 from workflow_scripts.analyses.spectra import DISPLAY as LABEL_DISPLAY
 from workflow_scripts.analyses.spectra import PANELS as SPECTRA_PANELS
