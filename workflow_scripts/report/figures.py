@@ -60,14 +60,14 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.analyses.cka import PAPER_SERIES
-from workflow_scripts.analyses.spectra import COLOURS as LABEL_COLOURS
-from workflow_scripts.analyses.spectra import DISPLAY as LABEL_DISPLAY
-from workflow_scripts.analyses.spectra import PANELS as SPECTRA_PANELS
-from workflow_scripts.analyses.spectra import REFERENCES as UNTRAINED_LABELS
-from workflow_scripts.analyses.spectra import SYMBOLS, TRAINED, run_label
-from workflow_scripts.analyses.weight_spectra import MODULES
 from workflow_scripts.cli import entry_parser, parse_assignments, run_main
 from workflow_scripts.errors import InputError
+from workflow_scripts.figure_style import COLOURS as LABEL_COLOURS
+from workflow_scripts.figure_style import DISPLAY as LABEL_DISPLAY
+from workflow_scripts.figure_style import MODULES
+from workflow_scripts.figure_style import PANELS as SPECTRA_PANELS
+from workflow_scripts.figure_style import REFERENCES as UNTRAINED_LABELS
+from workflow_scripts.figure_style import SYMBOLS, TRAINED, run_label
 
 log = logging.getLogger(__name__)
 
