@@ -18,7 +18,7 @@ from workflow_scripts.analyses.settings import analysis_settings, erasure_settin
 from workflow_scripts.capture.settings import capture_settings
 from workflow_scripts.cluster import model_job_resources
 from workflow_scripts.report.captions import describe_runs, figure_caption
-from workflow_scripts.report.figures import FIGURES
+from workflow_scripts.report.figures.registry import FIGURES
 from workflow_scripts.config import config_hash, validate_config
 from workflow_scripts.data.audio_cache import audio_cache_settings
 from workflow_scripts.data.folds import PROTOCOLS, fold_settings
