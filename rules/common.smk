@@ -30,7 +30,7 @@ from workflow_scripts.grid import (
     path_of,
 )
 from workflow_scripts.report.captions import describe_runs, figure_caption
-from workflow_scripts.report.figures import FIGURES
+from workflow_scripts.report.figures.registry import FIGURES
 from workflow_scripts.runs import LORA_METHODS, METHODS, NO_TARGETS, RUN_PATTERN, Run, check_training_config, run_settings
 
 # Fill in the schema's defaults and stop with a readable message on a bad key.

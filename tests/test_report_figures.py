@@ -2,6 +2,8 @@
 
 import itertools
 import re
+import subprocess
+import sys
 
 import matplotlib
 
@@ -14,8 +16,29 @@ from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from workflow_scripts.errors import InputError  # noqa: E402
-from workflow_scripts.report import figures  # noqa: E402
-from workflow_scripts.report.figures import FIGURES, build_figure, main  # noqa: E402
+from workflow_scripts.report.figures.__main__ import main  # noqa: E402
+from workflow_scripts.report.figures.build import build_figure  # noqa: E402
+from workflow_scripts.report.figures.cka import (  # noqa: E402
+    CKA_SERIES_LABELS,
+    cka_figure,
+    cka_heatmap_figure,
+)
+from workflow_scripts.report.figures.embeddings import embedding_quality_figure  # noqa: E402
+from workflow_scripts.report.figures.readouts import (  # noqa: E402
+    ERASURE_CONDITIONS,
+    contribution_figure,
+    erasure_figure,
+    lens_comparison_figure,
+    logit_lens_figure,
+    probe_figure,
+)
+from workflow_scripts.report.figures.registry import FIGURES  # noqa: E402
+from workflow_scripts.report.figures.spectra import (  # noqa: E402
+    energy_figure,
+    top10_figure,
+    weight_spectra_figure,
+)
+from workflow_scripts.report.figures.subspaces import subspace_figure  # noqa: E402
 
 BASE = {"dataset": "demo", "protocol": "loso_speaker", "model": "whisper-base"}
 LORA_R4 = {**BASE, "method": "lora", "targets": "q_proj+v_proj", "rank": 4}
@@ -133,7 +156,7 @@ def panel(figure, title):
 
 def test_contribution_bars_errors_and_holm_stars(contribution_tables):
     values, paired = contribution_tables
-    figure = figures.contribution_figure(values, paired)
+    figure = contribution_figure(values, paired)
     assert len(visible_axes(figure)) == 12
     axis = panel(figure, "attention: ‖output‖ / ‖residual input‖")
     bars = [p for p in axis.patches if isinstance(p, Rectangle)]
@@ -163,7 +186,7 @@ def test_contribution_bars_errors_and_holm_stars(contribution_tables):
 def test_contribution_without_a_paired_test_says_so(contribution_tables):
     values, paired = contribution_tables
     paired = paired.assign(t_p_holm=np.nan, test_note="one pair: no test")
-    figure = figures.contribution_figure(values, paired)
+    figure = contribution_figure(values, paired)
     assert not [line for axis in figure.axes for line in axis.get_lines() if line.get_gid() == "holm"]
     texts = [t.get_text() for axis in figure.axes for t in axis.texts]
     assert any("no paired test: one pair: no test" in t for t in texts)
@@ -173,13 +196,13 @@ def test_contribution_reference_markers(contribution_tables):
     values, paired = contribution_tables
     reference = pd.DataFrame({"figure": ["F1", "F1", "F2"], "panel": ["attn_ratio", "attn_ratio_difference", "kl"],
                               "series": ["LoRA", "", "LoRA"], "layer": [3, 3, 0], "value": [0.27, 0.18, 1.0]})
-    figure = figures.contribution_figure(values, paired, reference=reference)
+    figure = contribution_figure(values, paired, reference=reference)
     marked = [line for axis in figure.axes for line in axis.get_lines() if line.get_gid() == "reference"]
     assert sorted(line.get_label() for line in marked) == ["paper (read from its figure)",
                                                           "paper (read from its figure): LoRA"]
     assert sorted(float(line.get_ydata()[0]) for line in marked) == [0.18, 0.27]
     with pytest.raises(InputError, match=r"contribution \(F1\).*unknown panel.*'ratio'"):
-        figures.contribution_figure(values, paired, reference=reference.assign(panel="ratio"))
+        contribution_figure(values, paired, reference=reference.assign(panel="ratio"))
 
 
 # -- F2 and the lens comparison --------------------------------------------------------------------
@@ -197,7 +220,7 @@ def lens_table():
 
 
 def test_logit_lens_lines_and_bands_equal_the_table(lens_table):
-    figure = figures.logit_lens_figure(lens_table)
+    figure = logit_lens_figure(lens_table)
     axes = visible_axes(figure)
     assert len(axes) == 4
     axis = panel(figure, "raw lens: KL(final ‖ layer), nats")
@@ -216,7 +239,7 @@ def test_logit_lens_lines_and_bands_equal_the_table(lens_table):
 def test_logit_lens_one_run_has_no_band(lens_table):
     single = aggregated([LORA_R4], {"lens": ["raw"], "layer": LAYERS, "statistic": ["kl_final_layer", "agreement"]},
                         interval="none")
-    figure = figures.logit_lens_figure(single)
+    figure = logit_lens_figure(single)
     assert len(visible_axes(figure)) == 2  # the raw lens only
     assert not [b for axis in figure.axes for b in bands(axis)]
     assert "mean over 1 run (1 seed × 1 fold), no interval (one run)" in figure._suptitle.get_text()
@@ -224,7 +247,7 @@ def test_logit_lens_one_run_has_no_band(lens_table):
 
 def test_logit_lens_reference_is_shifted_to_block_outputs(lens_table):
     reference = pd.DataFrame({"figure": "F2", "panel": "agreement", "series": "LoRA", "layer": [0, 3], "value": 0.3})
-    figure = figures.logit_lens_figure(lens_table, reference=reference)
+    figure = logit_lens_figure(lens_table, reference=reference)
     marked = [line for line in panel(figure, "raw lens: agreement with final decision").get_lines()
               if line.get_gid() == "reference"]
     assert list(marked[0].get_xdata()) == [1, 4]  # the paper's layer l is our layer l + 1
@@ -233,7 +256,7 @@ def test_logit_lens_reference_is_shifted_to_block_outputs(lens_table):
 
 
 def test_lens_comparison_rows_per_configuration(lens_table):
-    figure = figures.lens_comparison_figure(lens_table)
+    figure = lens_comparison_figure(lens_table)
     assert len(visible_axes(figure)) == 4 * 3
     axis = panel(figure, "frozen: lens UAR (true labels)")
     assert sorted(line.get_label() for line in axis.get_lines()) == ["normed lens", "raw lens"]
@@ -254,7 +277,7 @@ def embeddings_table(interval="t"):
 
 def test_embedding_quality_one_line_per_rank():
     table = embeddings_table()
-    figure = figures.embedding_quality_figure(table)
+    figure = embedding_quality_figure(table)
     assert len(visible_axes(figure)) == 4
     axis = panel(figure, "kNN accuracy (speaker-grouped)")
     assert sorted(line.get_label() for line in axis.get_lines()) == ["r4", "r8"]
@@ -293,7 +316,7 @@ def spectra_table():
 
 def test_energy_boxes_titles_and_all_zero_note():
     table = spectra_table()
-    figure = figures.energy_figure(table)
+    figure = energy_figure(table)
     axes = visible_axes(figure)
     assert len(axes) == 4
     u_panel = [axis for axis in axes if axis.get_title().startswith("LoRA A – activations (U)")][0]
@@ -311,7 +334,7 @@ def test_energy_boxes_titles_and_all_zero_note():
 def test_energy_reference_lines():
     reference = pd.DataFrame({"figure": "F4", "panel": ["U", "U"], "series": ["trained", "untrained"],
                               "layer": np.nan, "value": [2.9, 15.9]})
-    figure = figures.energy_figure(spectra_table(), reference=reference)
+    figure = energy_figure(spectra_table(), reference=reference)
     u_panel = [axis for axis in figure.axes if axis.get_title().startswith("LoRA A – activations (U)")][0]
     labels = sorted(line.get_label() for line in u_panel.get_lines() if "paper" in line.get_label())
     assert labels == ["paper (read from its figure): trained mean k90",
@@ -321,7 +344,7 @@ def test_energy_reference_lines():
 
 def test_top10_lines_per_label_and_configuration():
     table = spectra_table()
-    figure = figures.top10_figure(table)
+    figure = top10_figure(table)
     axes = visible_axes(figure)
     assert len(axes) == 4
     v_panel = [axis for axis in axes if axis.get_title() == "LoRA B – activations (V)"][0]
@@ -336,7 +359,7 @@ def test_top10_lines_per_label_and_configuration():
     assert any("E(10) = 1 by definition" in t.get_text() for t in u_panel.texts)  # rank 4 <= 10
     assert_y_contains_data(figure)
     with pytest.raises(InputError, match=r"top10 \(F5\).*module 'fc1'"):
-        figures.top10_figure(table, module="fc1")
+        top10_figure(table, module="fc1")
 
 
 # -- F6 and heatmaps -------------------------------------------------------------------------------
@@ -367,14 +390,14 @@ def cka_table():
 
 def test_cka_paper_pairings_with_null_floor_and_free_y_limits():
     table = cka_table()
-    figure = figures.cka_figure(table)
+    figure = cka_figure(table)
     axes = visible_axes(figure)
     assert len(axes) == 4  # forward/backward x r4/r8
     axis = panel(figure, "forward (activations) — r4")
     assert sorted(line.get_label() for line in axis.get_lines() if line.get_label()[0] != "_") == sorted(
-        [figures.CKA_SERIES_LABELS["learned_layer_similarities"],
-         figures.CKA_SERIES_LABELS["random_layer_similarities"]])
-    line = lines_labelled(axis, figures.CKA_SERIES_LABELS["learned_layer_similarities"])[0]
+        [CKA_SERIES_LABELS["learned_layer_similarities"],
+         CKA_SERIES_LABELS["random_layer_similarities"]])
+    line = lines_labelled(axis, CKA_SERIES_LABELS["learned_layer_similarities"])[0]
     assert list(line.get_ydata()) == pytest.approx([-0.55, -0.25, 0.05])  # biased, utterance level
     null = bands(axis, "null_band")
     assert len(null) == 2 and band_range(null[0]) == pytest.approx((0.01, 0.2))
@@ -383,12 +406,12 @@ def test_cka_paper_pairings_with_null_floor_and_free_y_limits():
     assert view in figure._suptitle.get_text()
     assert_y_contains_data(figure)
     with pytest.raises(InputError, match=r"cka \(F6\).*rbf_multiple 3"):
-        figures.cka_figure(table, rbf_multiple=3)
+        cka_figure(table, rbf_multiple=3)
 
 
 def test_cka_without_null_columns_names_the_figure():
     with pytest.raises(InputError, match=r"figure cka \(F6\).*lacks column\(s\) \['null_p95_mean'\]"):
-        figures.cka_figure(cka_table().drop(columns="null_p95_mean"))
+        cka_figure(cka_table().drop(columns="null_p95_mean"))
 
 
 def layer_table(configurations, pairing, offset=0.0):
@@ -402,7 +425,7 @@ def layer_table(configurations, pairing, offset=0.0):
 def test_cka_heatmaps_show_the_means_and_the_floor():
     lora_frozen = layer_table([LORA_R4], "lora_vs_frozen")
     seeds = layer_table([LORA_R4, FROZEN], "seed_vs_seed", offset=0.5)
-    figure = figures.cka_heatmap_figure(lora_frozen, seeds)
+    figure = cka_heatmap_figure(lora_frozen, seeds)
     heatmaps = [axis for axis in visible_axes(figure) if axis.collections]
     assert len(heatmaps) == 3
     first = heatmaps[0]
@@ -415,7 +438,7 @@ def test_cka_heatmaps_show_the_means_and_the_floor():
     norms = [(axis.collections[0].norm.vmin, axis.collections[0].norm.vmax) for axis in heatmaps]
     assert np.array(norms) == pytest.approx(np.array([(0.0, 0.72)] * 3))  # one scale from the data, not fixed
     with pytest.raises(InputError, match=r"cka_heatmap \(new\).*kernel 'rbf'"):
-        figures.cka_heatmap_figure(lora_frozen, seeds, kernel="rbf")
+        cka_heatmap_figure(lora_frozen, seeds, kernel="rbf")
 
 
 # -- probes, erasure -------------------------------------------------------------------------------
@@ -425,7 +448,7 @@ def test_probes_with_head_and_paired_differences():
     head = aggregated([FROZEN, LORA_R4], {"readout": ["head"], "layer": [4], "statistic": ["uar"]})
     paired = paired_rows([LORA_R4], {"readout": ["probe"], "layer": LAYERS, "statistic": ["uar"]},
                          significant=lambda row: row["layer"] == 4)
-    figure = figures.probe_figure(pd.concat([probes, head]), paired, n_classes=4)
+    figure = probe_figure(pd.concat([probes, head]), paired, n_classes=4)
     top, bottom = visible_axes(figure)
     line = lines_labelled(top, "lora")[0]  # rank and targets are shared: the title says them
     rows = probes[(probes["method"] == "lora") & (probes["statistic"] == "uar")]
@@ -439,7 +462,7 @@ def test_probes_with_head_and_paired_differences():
 def test_erasure_conditions_match_erasure_module():
     from workflow_scripts.analyses.erasure import conditions_for
 
-    assert {c for c, _, _ in figures.ERASURE_CONDITIONS} == {c for c, _ in conditions_for(4, True)} - {"baseline"}
+    assert {c for c, _, _ in ERASURE_CONDITIONS} == {c for c, _ in conditions_for(4, True)} - {"baseline"}
 
 
 def test_erasure_panels_per_condition():
@@ -449,7 +472,7 @@ def test_erasure_panels_per_condition():
                                    "statistic": ["delta_uar", "uar"]})
     baseline = aggregated([LORA_R4, FROZEN], {"condition": ["baseline"], "layer": [-1], "statistic": ["delta_uar"]})
     table = pd.concat([lora, frozen, baseline], ignore_index=True)
-    figure = figures.erasure_figure(table)
+    figure = erasure_figure(table)
     assert len(visible_axes(figure)) == 4
     assert sorted(line.get_label() for line in panel(figure, "block l skipped").get_lines()
                   if line.get_label()[0] != "_") == ["frozen", "lora"]
@@ -458,7 +481,7 @@ def test_erasure_panels_per_condition():
     assert -1 not in panel(figure, "block l skipped").get_lines()[0].get_xdata()
     assert_y_contains_data(figure)
     with pytest.raises(InputError, match=r"erasure \(new\).*\['score_paper'\]"):
-        figures.erasure_figure(table, statistic="score_paper")
+        erasure_figure(table, statistic="score_paper")
 
 
 # -- weight spectra, subspaces ---------------------------------------------------------------------
@@ -468,7 +491,7 @@ def test_weight_spectra_lines_per_block_and_zero_update():
                                              "statistic": ["sigma"], "k": [1, 2, 3, 4]},
                        mean=lambda row: 0.0 if row["method"] == "lora_init" else 2.0 ** -row["k"] * (row["block"] + 1),
                        half=0.01)
-    figure = figures.weight_spectra_figure(sigma)
+    figure = weight_spectra_figure(sigma)
     axes = visible_axes(figure)
     assert len(axes) == 2  # lora's two modules; lora_init's zero update has no row ...
     assert "ΔW = 0 at every block (B = 0), not drawn: lora_init" in figure._suptitle.get_text()  # ... the title says so
@@ -478,20 +501,20 @@ def test_weight_spectra_lines_per_block_and_zero_update():
     assert list(line.get_ydata()) == pytest.approx([1.5, 0.75, 0.375, 0.1875])
     assert axis.get_yscale() == "log"  # every mean and bound positive, from 2^-4 - 0.01 to 1.51
     assert_y_contains_data(figure)
-    only_zero = figures.weight_spectra_figure(sigma[sigma["method"] == "lora_init"])
+    only_zero = weight_spectra_figure(sigma[sigma["method"] == "lora_init"])
     assert any("every configuration" in t.get_text() for t in only_zero.axes[0].texts)
 
 
 def test_weight_spectra_log_scale_only_when_all_positive():
     sigma = aggregated([LORA_R4], {"block": [0, 1], "module": ["v_proj"], "statistic": ["sigma"], "k": [1, 2, 3]},
                        mean=lambda row: 10.0 ** -row["k"], half=0.0)
-    axis = visible_axes(figures.weight_spectra_figure(sigma))[0]
+    axis = visible_axes(weight_spectra_figure(sigma))[0]
     assert axis.get_yscale() == "log"
     negative = sigma.assign(ci_low=sigma["mean"] - 1)  # a t-interval reaching below 0
-    axis = visible_axes(figures.weight_spectra_figure(negative))[0]
+    axis = visible_axes(weight_spectra_figure(negative))[0]
     assert axis.get_yscale() == "linear"
     narrow = sigma.assign(mean=0.4 + 0.01 * sigma["k"], ci_low=0.39, ci_high=0.45)  # within a decade
-    assert visible_axes(figures.weight_spectra_figure(narrow))[0].get_yscale() == "linear"
+    assert visible_axes(weight_spectra_figure(narrow))[0].get_yscale() == "linear"
 
 
 def test_subspaces_lines_with_chance():
@@ -500,7 +523,7 @@ def test_subspaces_lines_with_chance():
                         "measure": ["mean_cos2", "max_cos"]},
                        mean=lambda row: 0.3 + 0.1 * row["block"],
                        extra=lambda row: {"chance_mean": 0.016 if row["differs"] == "seed" else 0.024})
-    figure = figures.subspace_figure(table)
+    figure = subspace_figure(table)
     axes = visible_axes(figure)
     assert len(axes) == 2
     axis = panel(figure, "v_proj: mean cos² of the principal angles")
@@ -582,6 +605,20 @@ def test_registry_captions_exist_with_the_runs_placeholder():
         assert (spec.paper in text) if spec.paper != "new" else ("new" in text), name
 
 
+
+def test_registry_is_light_and_resolves_each_function_lazily():
+    """The workflow imports the registry while Snakemake parses it: no plotting stack, no analysis."""
+    heavy = ("matplotlib", "seaborn", "workflow_scripts.analyses")
+    code = ("import sys; from workflow_scripts.report.figures.registry import FIGURES; "
+            f"print([m for m in sys.modules if m.startswith({heavy!r})])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+    for name, spec in FIGURES.items():
+        module, _, function = spec.function.partition(":")
+        assert module.startswith("workflow_scripts.report.figures.") and function, (name, spec.function)
+        assert callable(spec.draw) and spec.draw.__name__ == function, name
+
+
 def test_build_figure_refuses_missing_extra_tables_and_unknown_options():
     tables, paired = all_tables()["contribution"]
     with pytest.raises(InputError, match=r"missing table\(s\) \['paired contribution'\]"):
@@ -634,7 +671,7 @@ def test_cli_options_and_errors_write_nothing(tmp_path):
 def test_flat_data_get_a_readable_range_without_offset():
     rows = aggregated([LORA_R4], {"lens": ["raw"], "layer": [0, 1, 2], "statistic": ["kl_final_layer", "agreement"]},
                       mean=lambda row: 1.0 - 1e-13 * row["layer"], half=0.0)
-    figure = figures.logit_lens_figure(rows)
+    figure = logit_lens_figure(rows)
     axis = visible_axes(figure)[0]
     low, high = axis.get_ylim()
     assert low <= 1.0 - 2e-13 and high >= 1.0 and high - low == pytest.approx(0.1)

@@ -173,7 +173,7 @@ def test_full_data_stage(workdir, tiny_run):
 
     # The report's tables, figures and pages (one run per configuration: no interval).
     report = workdir / "results" / "report"
-    from workflow_scripts.report.figures import FIGURES
+    from workflow_scripts.report.figures.registry import FIGURES
 
     for name in TINY_ANALYSES:
         aggregated = pd.read_parquet(report / "tables" / f"{name}.parquet")
@@ -260,7 +260,7 @@ def report_jobs(changed: set[str], available: set[str] = TINY_ANALYSES, trained:
     tables, the figures that read them, the findings if they read one; the config page if the
     config changed."""
     from workflow_scripts.report.aggregate import PAIRED
-    from workflow_scripts.report.figures import FIGURES
+    from workflow_scripts.report.figures.registry import FIGURES
 
     changed = changed & available
     jobs = {("aggregate", name) for name in changed} | {("paired", name) for name in changed & set(PAIRED)}

@@ -61,26 +61,19 @@ import pandas as pd
 
 from workflow_scripts.cli import parse_assignments, resolve_spec, run_main
 from workflow_scripts.errors import InputError
+from workflow_scripts.figure_style import COLOURS, DISPLAY, PANELS, REFERENCES, TRAINED, run_label
 
 log = logging.getLogger(__name__)
 
 QUANTITIES = ("a_out", "b_out", "a_grad", "b_grad")
-SYMBOLS = {"a_out": "U", "b_out": "V", "a_grad": "gU", "b_grad": "gV"}
 SCALARS = ("k90", "top10_energy", "effective_rank", "stable_rank", "total_energy", "frames")
 CURVES = ("sigma", "cumulative_energy")
 TABLE_COLUMNS = ["block", "module", "quantity", "statistic", "k", "value", "all_zero"]
 ENERGY_LEVEL = 0.9
 TOP_K = 10
 TOLERANCE = 1e-12  # an exact boundary E_k = 0.9 that rounds just below still counts
-#: The comparison's labels: the trained run and its untrained references (their run methods).
-TRAINED = "trained"
-REFERENCES = ("lora_random", "lora_init")
+#: The comparison's labels (TRAINED, REFERENCES, their DISPLAY names and COLOURS): figure_style.
 LABELS = (TRAINED,) + REFERENCES
-DISPLAY = {TRAINED: "trained", "lora_random": "untrained (lora_random)", "lora_init": "PEFT init (lora_init)"}
-COLOURS = {TRAINED: "#1f77b4", "lora_random": "#d62728", "lora_init": "#2ca02c"}
-#: The paper's panel order: (row, column) -> quantity.
-PANELS = (("a_out", "LoRA A – activations (U)"), ("a_grad", "LoRA A – gradients (gU)"),
-          ("b_out", "LoRA B – activations (V)"), ("b_grad", "LoRA B – gradients (gV)"))
 MAX_K_SHOWN = 32  # the paper's x-axis: 0..32
 COMPARED_FIELDS = ("dataset", "protocol", "model", "targets", "rank", "seed", "fold")
 DEFAULT_SETTINGS = {"center": True, "legacy_svd_panel_bug": False}
@@ -555,11 +548,6 @@ def spectra_settings(raw: dict | None) -> dict:
         if not isinstance(settings[name], bool):
             raise InputError(f"analyses.spectra.{name}: {settings[name]!r} is not true or false")
     return settings
-
-
-def run_label(method: str) -> str:
-    """A run's label in the figures: ``trained`` for a trained LoRA run, else its method."""
-    return TRAINED if method == "lora" else method
 
 
 def read_spectra_table(path: str) -> pd.DataFrame:

@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.analyses.weight_spectra import (
-    MODULES,
     adapter_matrices,
     check_adapter_matches_run,
     delta_w_column_basis,
@@ -44,6 +43,7 @@ from workflow_scripts.analyses.weight_spectra import (
 )
 from workflow_scripts.cli import parse_assignments, run_main
 from workflow_scripts.errors import InputError, describe_offenders
+from workflow_scripts.figure_style import MODULES
 from workflow_scripts.runs import LORA_METHODS, Run
 
 log = logging.getLogger(__name__)

@@ -40,14 +40,13 @@ import pandas as pd
 
 from workflow_scripts.cli import run_main
 from workflow_scripts.errors import InputError, describe_offenders
+from workflow_scripts.figure_style import MODULES
 
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FROZEN_HEAD = "head.safetensors"
-#: The encoder modules LoRA can adapt, in the order tables and figures list them.
-MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 SCALAR_STATISTICS = ("k90", "effective_rank", "stable_rank", "frobenius_norm", "spectral_norm")
 # A LoRA factor's key as PEFT saves it: the attention projections under ``self_attn``, the MLP's
 # fc1/fc2 directly under the layer; newer PEFT drops the adapter name, older keeps it
