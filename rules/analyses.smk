@@ -10,7 +10,7 @@ rule contribution:
         png=analysis_output("contribution", "png"),
         svg=analysis_output("contribution", "svg"),
     params:
-        spec=as_json(config["analyses"]["contribution"]),
+        spec=analysis_params("contribution"),
     log:
         f"results/logs/contribution/{RUN_PATTERN}.log",
     resources:
@@ -33,7 +33,7 @@ rule logit_lens:
         png=analysis_output("logit_lens", "png"),
         svg=analysis_output("logit_lens", "svg"),
     params:
-        spec=as_json(config["analyses"]["logit_lens"]),
+        spec=analysis_params("logit_lens"),
     log:
         f"results/logs/logit_lens/{RUN_PATTERN}.log",
     resources:
@@ -56,7 +56,7 @@ rule probes:
         png=analysis_output("probes", "png"),
         svg=analysis_output("probes", "svg"),
     params:
-        spec=as_json(config["analyses"]["probes"]),
+        spec=analysis_params("probes"),
     log:
         f"results/logs/probes/{RUN_PATTERN}.log",
     resources:
@@ -82,7 +82,7 @@ rule contribution_difference:
     wildcard_constraints:
         method="lora",
     params:
-        spec=as_json(config["analyses"]["contribution"]),
+        spec=analysis_params("contribution"),
     log:
         f"results/logs/contribution_difference/{RUN_PATTERN}.log",
     resources:
@@ -142,7 +142,7 @@ rule spectra:
     wildcard_constraints:
         method="|".join(LORA_METHODS),
     params:
-        spec=as_json(config["analyses"]["spectra"]),
+        spec=analysis_params("spectra"),
     log:
         f"results/logs/spectra/{RUN_PATTERN}.log",
     resources:
@@ -168,7 +168,7 @@ rule spectra_comparison:
     wildcard_constraints:
         method="lora",
     params:
-        spec=as_json(config["analyses"]["spectra"]),
+        spec=analysis_params("spectra"),
         references=reference_args,
     log:
         f"results/logs/spectra_comparison/{RUN_PATTERN}.log",
@@ -240,7 +240,7 @@ rule cka:
     wildcard_constraints:
         method="lora",
     params:
-        spec=as_json(config["analyses"]["cka"]),
+        spec=analysis_params("cka"),
         references=reference_args,
     log:
         f"results/logs/cka/{RUN_PATTERN}.log",
@@ -266,7 +266,7 @@ rule cka_lora_frozen:
     wildcard_constraints:
         method="lora",
     params:
-        spec=as_json(config["analyses"]["cka"]),
+        spec=analysis_params("cka"),
     log:
         f"results/logs/cka_lora_frozen/{RUN_PATTERN}.log",
     resources:
@@ -291,7 +291,7 @@ rule cka_seeds:
         png=analysis_output("cka_seeds", "png"),
         svg=analysis_output("cka_seeds", "svg"),
     params:
-        spec=as_json(config["analyses"]["cka"]),
+        spec=analysis_params("cka"),
     log:
         f"results/logs/cka_seeds/{RUN_PATTERN}.log",
     resources:
@@ -329,7 +329,7 @@ rule embeddings:
     wildcard_constraints:
         method="lora",
     params:
-        spec=as_json(config["analyses"]["embeddings"]),
+        spec=analysis_params("embeddings"),
         stores=rank_args,
     log:
         f"results/logs/embeddings/{EMBEDDING_GROUP}.log",

@@ -14,10 +14,11 @@ sys.path.insert(0, workflow.basedir)
 import pandas as pd
 
 from workflow_scripts.analyses.registry import ANALYSES, FIGURE_CATEGORIES, PAIRED, analysis_spec
-from workflow_scripts.analyses.settings import analysis_settings, erasure_settings
-from workflow_scripts.capture.settings import capture_settings
+from workflow_scripts.analyses.settings import SETTINGS_OF_SECTION, analysis_settings
+from workflow_scripts.capture.settings import CaptureSettings
 from workflow_scripts.cluster import model_job_resources
 from workflow_scripts.config import config_hash, validate_config
+from workflow_scripts.stage_settings import as_json
 from workflow_scripts.data.audio_cache import audio_cache_settings
 from workflow_scripts.data.folds import PROTOCOLS, fold_settings
 from workflow_scripts.grid import (
@@ -31,7 +32,7 @@ from workflow_scripts.grid import (
 )
 from workflow_scripts.report.captions import describe_runs, figure_caption
 from workflow_scripts.report.figures.registry import FIGURES
-from workflow_scripts.runs import LORA_METHODS, METHODS, NO_TARGETS, RUN_PATTERN, Run, check_training_config, run_settings
+from workflow_scripts.runs import LORA_METHODS, METHODS, NO_TARGETS, RUN_PATTERN, Run, TrainingRunSettings, check_training_config
 
 # Fill in the schema's defaults and stop with a readable message on a bad key.
 validate_config(config, source="the workflow config")
@@ -66,9 +67,25 @@ wildcard_constraints:
     analysis="|".join(ANALYSES),
 
 
-def as_json(settings):
-    """A config slice as one shell-quotable JSON argument; a change to it reruns the rule."""
-    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+# Every stage's settings are a typed, frozen dataclass built once from the validated config
+# (workflow_scripts/stage_settings.py); its params() JSON is the rule's param, so a change to it
+# reruns the jobs that read it and nothing else.
+
+
+@functools.cache
+def run_params(dataset, method):
+    return TrainingRunSettings.from_config(config, dataset, method).params()
+
+
+@functools.cache
+def capture_params(dataset, kind):
+    return CaptureSettings.from_config(config, dataset, kind).params()
+
+
+@functools.cache
+def analysis_params(section, dataset=None):
+    """The params of the analyses that read ``analyses.<section>`` (erasure's depend on the dataset)."""
+    return SETTINGS_OF_SECTION[section].from_config(config, dataset).params()
 
 
 def manifest_spec_json(wildcards):
@@ -139,21 +156,21 @@ def run_metrics(wildcards):
 
 
 def run_spec_json(wildcards):
-    return as_json(run_settings(config, wildcards.dataset, wildcards.method))
+    return run_params(wildcards.dataset, wildcards.method)
 
 
 def capture_spec_json(kind):
     """The settings one store kind (acts, grads) of a run reads."""
 
     def spec(wildcards):
-        return as_json(capture_settings(config, wildcards.dataset, kind))
+        return capture_params(wildcards.dataset, kind)
 
     return spec
 
 
 def erasure_spec_json(wildcards):
     """The settings a run's erasure job reads."""
-    return as_json(erasure_settings(config, wildcards.dataset))
+    return analysis_params("erasure", wildcards.dataset)
 
 
 # Threads of a job that runs the model (train, capture_acts, capture_grads, erasure). One: on the

@@ -20,7 +20,7 @@ from workflow_scripts.errors import InputError, describe_offenders
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
 
-def _with_defaults(validator_class):
+def with_defaults(validator_class):
     """A validator that also writes each property's ``default`` into the instance."""
     import jsonschema
 
@@ -73,7 +73,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
     """Validate ``config`` in place (defaults filled in) and return it; raise :class:`InputError`."""
     import jsonschema  # imported here so that the pure modules import without it
 
-    validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
+    validator = with_defaults(jsonschema.Draft202012Validator)(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     # After the schema check, so that every consumer sees a full dataset spec.
     problems = [f"{_key_path(e)}: {e.message}" for e in errors] + fill_dataset_classes(config)

@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from workflow_scripts.errors import InputError
+from workflow_scripts.stage_settings import StageSettings
 
 LORA_METHODS = ("lora", "lora_init", "lora_random")
 TRAINED_METHODS = ("lora", "frozen", "full")
@@ -150,21 +151,56 @@ OPTIMISATION_KEYS = (
 )
 
 
+@dataclass(frozen=True)
+class LoraSettings(StageSettings):
+    SECTION = "training.lora"
+    alpha_policy: str
+    alpha: float
+    dropout: float
+
+
+@dataclass(frozen=True)
+class TrainingRunSettings(StageSettings):
+    """What a training run reads from the config besides its wildcards. The settings its method
+    does not use are None (left out of its params): editing a grid list, another dataset, the
+    learning rate of a reference that trains nothing, or LoRA's settings for a run without LoRA
+    does not rerun it."""
+
+    SECTION = "training"
+    eval_batch_size: int
+    device: str
+    legacy: bool
+    max_seconds: float
+    classes: tuple[str, ...]
+    lora: LoraSettings | None = None
+    # The optimisation and epoch selection (OPTIMISATION_KEYS): the trained methods only.
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    grad_accum: int | None = None
+    weight_decay: float | None = None
+    warmup_ratio: float | None = None
+    max_grad_norm: float | None = None
+    class_weighted: bool | None = None
+    select_on: str | None = None
+    select_metric: str | None = None
+
+    @classmethod
+    def from_config(cls, config: dict, dataset: str, method: str) -> "TrainingRunSettings":
+        if method not in METHODS:
+            raise InputError(f"training.methods: unknown method {method!r}; choose from {list(METHODS)}")
+        unused = set(GRID_KEYS)
+        if method not in TRAINED_METHODS:
+            unused |= set(OPTIMISATION_KEYS)
+        if method not in LORA_METHODS:
+            unused.add("lora")
+        training = {key: value for key, value in config["training"].items() if key not in unused}
+        if "lora" in training:
+            training["lora"] = LoraSettings.from_mapping(training["lora"])
+        return cls.from_mapping({**training, "legacy": config["legacy"], "max_seconds": config["audio"]["max_seconds"],
+                                 "classes": config["datasets"][dataset]["classes"]})
+
+
 def run_settings(config: dict, dataset: str, method: str) -> dict:
-    """What a training run needs from the config besides its wildcards: only the settings its
-    method uses (so that editing a grid list, another dataset, the learning rate of a reference
-    that trains nothing, or LoRA's settings for a run without LoRA does not rerun it)."""
-    if method not in METHODS:
-        raise InputError(f"training.methods: unknown method {method!r}; choose from {list(METHODS)}")
-    unused = set(GRID_KEYS)
-    if method not in TRAINED_METHODS:
-        unused |= set(OPTIMISATION_KEYS)
-    if method not in LORA_METHODS:
-        unused.add("lora")
-    training = {k: v for k, v in config["training"].items() if k not in unused}
-    return {
-        **training,
-        "legacy": config["legacy"],
-        "max_seconds": config["audio"]["max_seconds"],
-        "classes": config["datasets"][dataset]["classes"],
-    }
+    """What a training run needs from the config besides its wildcards (:class:`TrainingRunSettings`)."""
+    return TrainingRunSettings.from_config(config, dataset, method).as_dict()

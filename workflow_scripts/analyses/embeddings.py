@@ -60,7 +60,6 @@ from workflow_scripts.metrics import confusion_matrix, uar
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"blocks": 5, "perplexity": 30, "max_iter": 1000, "seed": 42, "knn_neighbors": 5, "module": "auto"}
 PAPER_MODULE = "v_proj"
 METHODS = ("tsne", "pca")
 LOSO = "leave-one-speaker-out"
@@ -265,27 +264,11 @@ def cluster_quality(features: np.ndarray, labels: np.ndarray, speakers: np.ndarr
 
 
 def embedding_settings(settings: dict | None) -> dict:
-    """The settings with defaults filled in (:data:`DEFAULTS`), checked; errors name the key."""
-    merged = {**DEFAULTS, **(settings or {})}
-    unknown = sorted(set(merged) - set(DEFAULTS))
-    if unknown:
-        raise InputError(f"analyses.embeddings: unknown setting(s) {unknown}; known: {sorted(DEFAULTS)}")
+    """The settings with the schema's defaults filled in (``analyses.embeddings``), checked; a bad
+    key raises :class:`InputError` naming it."""
+    from workflow_scripts.analyses.settings import EmbeddingSettings
 
-    def integer(key, least):
-        value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise InputError(f"analyses.embeddings.{key}: {value!r} is not an integer >= {least}")
-
-    integer("blocks", 1)
-    integer("max_iter", 250)  # scikit-learn's TSNE refuses fewer
-    integer("seed", 0)
-    integer("knn_neighbors", 1)
-    perplexity = merged["perplexity"]
-    if isinstance(perplexity, bool) or not isinstance(perplexity, (int, float)) or perplexity <= 0:
-        raise InputError(f"analyses.embeddings.perplexity: {perplexity!r} is not a positive number")
-    if not isinstance(merged["module"], str) or not merged["module"]:
-        raise InputError(f"analyses.embeddings.module: {merged['module']!r} is not 'auto' or a module name")
-    return merged
+    return EmbeddingSettings.from_spec(settings).as_dict()
 
 
 def choose_module(stores: dict, requested: str) -> str:

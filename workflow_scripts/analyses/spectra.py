@@ -76,7 +76,6 @@ TOLERANCE = 1e-12  # an exact boundary E_k = 0.9 that rounds just below still co
 LABELS = (TRAINED,) + REFERENCES
 MAX_K_SHOWN = 32  # the paper's x-axis: 0..32
 COMPARED_FIELDS = ("dataset", "protocol", "model", "targets", "rank", "seed", "fold")
-DEFAULT_SETTINGS = {"center": True, "legacy_svd_panel_bug": False}
 READ_BYTES = 32 << 20  # rows read per step: whole chunks, about this many bytes
 
 
@@ -539,15 +538,11 @@ def top10_figure(tables: dict[str, pd.DataFrame], title: str = "", max_modules: 
 # -- entry point -------------------------------------------------------------------------------
 
 def spectra_settings(raw: dict | None) -> dict:
-    """The analysis's settings (``center``, ``legacy_svd_panel_bug``), defaults filled, checked."""
-    settings = {**DEFAULT_SETTINGS, **(raw or {})}
-    unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
-    if unknown:
-        raise InputError(f"analyses.spectra: unknown settings {unknown}; known: {sorted(DEFAULT_SETTINGS)}")
-    for name in DEFAULT_SETTINGS:
-        if not isinstance(settings[name], bool):
-            raise InputError(f"analyses.spectra.{name}: {settings[name]!r} is not true or false")
-    return settings
+    """The analysis's settings (``center``, ``legacy_svd_panel_bug``), the schema's defaults
+    filled in, checked; a bad key raises :class:`InputError` naming it."""
+    from workflow_scripts.analyses.settings import SpectraSettings
+
+    return SpectraSettings.from_spec(raw).as_dict()
 
 
 def read_spectra_table(path: str) -> pd.DataFrame:

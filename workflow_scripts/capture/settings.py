@@ -6,31 +6,72 @@ gradient clips per class reruns the ``grads`` captures (and what reads them) and
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
 
 from workflow_scripts.config import dataset_spec
 from workflow_scripts.errors import InputError
+from workflow_scripts.stage_settings import StageSettings
 
-STORE_KEYS = {
-    "acts": ("batch_size", "frame_dtype", "resid_layers", "lora_b_blocks"),
-    "grads": ("batch_size", "grads_per_class", "grads_seed"),
-}
 #: ``auto`` keeps frame-level residual streams and B outputs for models this wide or narrower
 #: (Whisper-base: 512); wider models' frames are large (large-v2: 2.5 kB per frame and layer).
 AUTO_FRAME_WIDTH = 512
 
 
+@dataclass(frozen=True)
+class ActsStoreSettings(StageSettings):
+    """The part of ``capture:`` an acts.zarr reads."""
+
+    SECTION = "capture"
+    batch_size: int
+    frame_dtype: str
+    resid_layers: str | tuple[int, ...]
+    lora_b_blocks: str | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GradsStoreSettings(StageSettings):
+    """The part of ``capture:`` a grads.zarr reads."""
+
+    SECTION = "capture"
+    batch_size: int
+    grads_per_class: int | str
+    grads_seed: int
+
+
+STORE_SETTINGS: dict[str, type[StageSettings]] = {"acts": ActsStoreSettings, "grads": GradsStoreSettings}
+
+
+@dataclass(frozen=True)
+class CaptureSettings(StageSettings):
+    """What one capture store (acts or grads) of a run on a dataset reads from the config."""
+
+    SECTION = "capture"
+    capture: ActsStoreSettings | GradsStoreSettings
+    legacy: bool
+    max_seconds: float
+    classes: tuple[str, ...]
+    device: str
+
+    @classmethod
+    def from_config(cls, config: dict, dataset: str, kind: str) -> "CaptureSettings":
+        if kind not in STORE_SETTINGS:
+            raise InputError(f"unknown store kind {kind!r}: choose acts or grads")
+        store = STORE_SETTINGS[kind]
+        keys = [field.name for field in fields(store)]
+        return cls.from_mapping({
+            "capture": store.from_mapping({key: config["capture"][key] for key in keys}),
+            "legacy": config["legacy"],
+            "max_seconds": config["audio"]["max_seconds"],
+            "classes": dataset_spec(config, dataset)["classes"],
+            "device": config["training"]["device"],
+        })
+
+
 def capture_settings(config: dict, dataset: str, kind: str) -> dict:
     """The settings a ``kind`` capture (acts or grads) of a run on ``dataset`` reads."""
-    if kind not in STORE_KEYS:
-        raise InputError(f"unknown store kind {kind!r}: choose acts or grads")
-    return {
-        "capture": {key: config["capture"][key] for key in STORE_KEYS[kind]},
-        "legacy": config["legacy"],
-        "max_seconds": config["audio"]["max_seconds"],
-        "classes": dataset_spec(config, dataset)["classes"],
-        "device": config["training"]["device"],
-    }
+    return CaptureSettings.from_config(config, dataset, kind).as_dict()
 
 
 def resolve_indices(setting, count: int, d_model: int, key: str) -> tuple[int, ...]:

@@ -68,7 +68,7 @@ nothing)::
     moments.py     the feature-space form, streamed: FrameMoments, CrossMoments,
                    StreamingLinearCKA, frame_cka_matrix; BLOCK_BYTES and rows_per_block
     legacy.py      the original's function: legacy_gram, legacy_center, legacy_cka
-    settings.py    DEFAULTS, cka_settings, kernel_views, LEVELS, SPLITS
+    settings.py    cka_settings (the typed settings, analyses/settings.py), kernel_views, LEVELS, SPLITS
     stores.py      reading the stores: Side, read_side, the passes over a side's rows (means,
                    moments, the null's numerical basis), split_residuals; QUANTITIES
     pairings.py    gradient_pairings and layer_cka, their checks, PAPER_SERIES and the columns
