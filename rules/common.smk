@@ -11,7 +11,6 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
 
-import pandas as pd
 
 from workflow_scripts.analyses.registry import ANALYSES, FIGURE_CATEGORIES, PAIRED, analysis_spec
 from workflow_scripts.analyses.settings import SETTINGS_OF_SECTION, analysis_settings
@@ -135,6 +134,8 @@ def fold_table_of(dataset, protocol):
 
 def read_folds(table):
     """The fold numbers of a fold table."""
+    import pandas as pd
+
     return sorted(pd.read_parquet(table, columns=["fold"])["fold"].unique().tolist())
 
 
@@ -355,6 +356,8 @@ def figure_args(wildcards, input):
 
 @functools.cache
 def paper_reference():
+    import pandas as pd
+
     return pd.read_csv(PAPER_REFERENCE) if config["report"]["paper_reference"] else None
 
 

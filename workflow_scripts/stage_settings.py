@@ -53,10 +53,18 @@ def section_with_defaults(section: str, spec: dict | None) -> dict:
     validator = with_defaults(jsonschema.Draft202012Validator)(section_schema(section))
     errors = sorted(validator.iter_errors(spec), key=lambda error: list(error.absolute_path))
     if errors:
-        problems = [".".join([section, *map(str, error.absolute_path)]) + f": {error.message}" for error in errors]
+        problems = [".".join([section, *map(str, error.absolute_path)]) + f": {_message(error)}" for error in errors]
         raise InputError(describe_offenders(f"{section} is invalid ({len(problems)} problems)", problems,
                                             hint=f"See config/schema.yaml ({section}) for every key."))
     return spec
+
+
+def _message(error) -> str:
+    """jsonschema's message, but an unknown key said as such, with the known ones listed."""
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = sorted(error.schema.get("properties", {}))
+        return f"unknown settings {sorted(set(error.instance) - set(known))}; known: {known}"
+    return error.message
 
 
 def _plain(value: Any) -> Any:
