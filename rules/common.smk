@@ -1,7 +1,8 @@
-# Shared by every rules file: config validation, the run grid and input functions.
+# Shared by every rules file: config validation, the run grid and input functions. Each input
+# function is a lookup into structures built once per plan: the Grid (workflow_scripts/grid.py),
+# the analysis registry (workflow_scripts/analyses/registry.py) and the typed settings.
 
 import functools
-import json
 import os
 import re
 import shlex
@@ -31,7 +32,15 @@ from workflow_scripts.grid import (
 )
 from workflow_scripts.report.captions import describe_runs, figure_caption
 from workflow_scripts.report.figures.registry import FIGURES
-from workflow_scripts.runs import LORA_METHODS, METHODS, NO_TARGETS, RUN_PATTERN, Run, TrainingRunSettings, check_training_config
+from workflow_scripts.runs import (
+    LORA_METHODS,
+    METHODS,
+    NO_TARGETS,
+    RUN_PATTERN,
+    Run,
+    TrainingRunSettings,
+    check_training_config,
+)
 
 # Fill in the schema's defaults and stop with a readable message on a bad key.
 validate_config(config, source="the workflow config")
@@ -182,13 +191,18 @@ def erasure_spec_json(wildcards):
 MODEL_JOB_THREADS = 1
 
 
+@functools.cache
+def _model_resources(model):
+    return model_job_resources(config["models"][model], config["gpus"])
+
+
 def model_job_resource(name):
     """One resource of a job that runs model {model}: GPUs from the config key `gpus`, memory and
     run time by the model's size class (workflow_scripts/cluster.py). Resources are not params:
     changing them reruns nothing."""
 
     def resource(wildcards):
-        return model_job_resources(config["models"][wildcards.model], config["gpus"])[name]
+        return _model_resources(wildcards.model)[name]
 
     return resource
 
