@@ -205,7 +205,8 @@ def test_bad_settings_name_the_key(settings, key, tmp_path):
 
 
 def test_defaults_are_filled_in():
-    assert dc.validate_settings({}) == dc.DEFAULT_SETTINGS
+    assert dc.validate_settings({}) == dc.default_settings() == {"seed": 0, "speakers": 8, "utterances_per_speaker_per_emotion": 8,
+                                                              "sentence_words": [5, 12]}
     assert dc.validate_settings(None)["speakers"] == 8
 
 

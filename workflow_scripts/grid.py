@@ -13,7 +13,7 @@ what every rule asks about the runs:
 * the runs or groups each analysis is computed for (:data:`RUN_SETS`, named by the analysis
   registry), with their ids and table paths.
 
-Pure (no Snakemake): ``rules/common.smk`` builds it through :func:`grid_for`, and tests and
+Pure (no Snakemake): ``rules/common.smk`` builds it through :class:`GridCache`, and tests and
 benchmarks build it directly::
 
     grid = Grid.from_config(config, folds_of)

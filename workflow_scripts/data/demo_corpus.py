@@ -46,13 +46,14 @@ from workflow_scripts.errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: The config section ``demo_corpus``; every key is optional.
-DEFAULT_SETTINGS: dict = {
-    "seed": 0,  # same seed -> byte-identical corpus
-    "speakers": 8,  # the default; 2 is allowed (tests), at most MAX_SPEAKERS
-    "utterances_per_speaker_per_emotion": 8,  # 8 x 4 x 8 = 256 clips
-    "sentence_words": [5, 12],  # [min, max] words per sentence
-}
+def default_settings() -> dict:
+    """The section ``demo_corpus``'s defaults (every key is optional), from config/schema.yaml."""
+    import copy
+
+    from workflow_scripts.stage_settings import section_schema
+
+    return {key: copy.deepcopy(spec["default"]) for key, spec in section_schema("demo_corpus")["properties"].items()}
+
 
 MIN_SPEAKERS = 2
 MAX_UTTERANCES_PER_SPEAKER_PER_EMOTION = 1000
@@ -497,13 +498,14 @@ def validate_settings(settings: Mapping | None) -> dict:
         settings = {}
     if not isinstance(settings, Mapping):
         raise InputError(f"demo_corpus must be a mapping of settings, got {settings!r}")
-    unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
+    defaults = default_settings()
+    unknown = sorted(set(settings) - set(defaults))
     if unknown:
         raise InputError(
             f"unknown setting(s) {', '.join(f'demo_corpus.{k}' for k in unknown)}; "
-            f"known: {', '.join(DEFAULT_SETTINGS)}"
+            f"known: {', '.join(defaults)}"
         )
-    merged = {**DEFAULT_SETTINGS, **settings}
+    merged = {**defaults, **settings}
     _check_int(merged, "seed", 0)
     _check_int(merged, "speakers", MIN_SPEAKERS, MAX_SPEAKERS)
     _check_int(merged, "utterances_per_speaker_per_emotion", 1, MAX_UTTERANCES_PER_SPEAKER_PER_EMOTION)
@@ -553,7 +555,7 @@ def generate_demo_corpus(out_dir: str | os.PathLike, settings: Mapping | None) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = json.dumps(DEFAULT_SETTINGS)
+    defaults = json.dumps(default_settings())
     parser = argparse.ArgumentParser(
         prog="python -m workflow_scripts.data.demo_corpus",
         description=(
