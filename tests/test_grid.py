@@ -134,3 +134,16 @@ def test_every_figure_belongs_to_the_analysis_of_its_first_table():
         owners = [name for name, analysis in ANALYSES.items() if figure in analysis.figures]
         assert owners == [spec.tables[0]], figure
         assert set(spec.tables) | set(spec.paired) <= set(ANALYSES)
+
+
+def test_planning_imports_no_plotting_or_model_stack():
+    """What rules/common.smk imports while Snakemake parses the workflow stays light."""
+    import subprocess
+    import sys
+
+    imports = re.findall(r"^from (workflow_scripts[\w.]*) import", (REPO / "rules" / "common.smk").read_text(), re.M)
+    code = "; ".join(f"import {module}" for module in imports) + (
+        "; import sys; heavy = sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'seaborn', 'sklearn', "
+        "'torch', 'transformers', 'scipy', 'zarr'}); print(heavy); sys.exit(bool(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert len(imports) >= 8 and result.returncode == 0, result.stdout + result.stderr
