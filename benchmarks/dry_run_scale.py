@@ -36,6 +36,9 @@ measurement) with the goals met, the machine, the commit and the date::
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/dry_run_scale.py                    # all of it
     PYTHONPATH=$PWD .venv/bin/python benchmarks/dry_run_scale.py --sizes 100 --repeats 1 --out /tmp/x.json
+    # before/after on one machine: plan an older checkout's workflow with the same grids
+    git worktree add /tmp/before 787e853 && PYTHONPATH=$PWD .venv/bin/python benchmarks/dry_run_scale.py \
+        --workflow /tmp/before --out benchmarks/results/dry_run_scale_before.json
 """
 
 from __future__ import annotations
@@ -69,8 +72,15 @@ GRIDS = {
 }
 GOALS = {"500_empty_seconds": 30, "500_noop_seconds": 15, "2000_over_500_ratio": 4.5}
 NOTHING_TO_DO = "Nothing to be done"
-PYTHONPATH = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-ENV = {**os.environ, "PYTHONPATH": PYTHONPATH, "PYTHONDONTWRITEBYTECODE": "1"}
+#: The loralens checkout whose workflow is planned (--workflow: an older commit, for before/after).
+WORKFLOW = REPO
+
+
+def environment() -> dict:
+    pythonpath = os.pathsep.join(filter(None, [str(WORKFLOW), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": pythonpath, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
 # The rules' directory() flags, from the workflow as Snakemake loads it (argv: workdir, config, out).
 DIRECTORY_FLAGS = """
 import json, sys
@@ -78,21 +88,21 @@ from pathlib import Path
 from snakemake.api import SnakemakeApi
 from snakemake.io import is_flagged
 from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
-workdir, config, out = sys.argv[1:]
+workdir, config, out, snakefile = sys.argv[1:]
 with SnakemakeApi(OutputSettings()) as api:
     settings = ConfigSettings(configfiles=[Path(config)], replace_workflow_config=True)
-    workflow = api.workflow(ResourceSettings(cores=1), settings, snakefile=Path(%r),
+    workflow = api.workflow(ResourceSettings(cores=1), settings, snakefile=Path(snakefile),
                             workdir=Path(workdir))._workflow
     flags = {rule.name: [is_flagged(f, "directory") for f in rule.output] for rule in workflow.rules}
 Path(out).write_text(json.dumps(flags))
-""" % str(REPO / "Snakefile")
+"""
 # `snakemake --touch` without its 0.1 s pause per job (15,000 jobs in the 2000 grid).
 TOUCH = ("import snakemake.cli, snakemake.executors.touch as t; t.Executor.SLEEPING_TIME = 0; "
          "snakemake.cli.main()")
 
 
 def write_config(workdir: Path, size: str) -> Path:
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((WORKFLOW / "config" / "config.yaml").read_text())
     config["training"].update(GRIDS[size], folds=FOLDS, methods=METHODS)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -101,7 +111,7 @@ def write_config(workdir: Path, size: str) -> Path:
 
 def snakemake(workdir: Path, *args: str, code: str | None = None) -> list[str]:
     head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "snakemake"]
-    return [*head, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
+    return [*head, "--snakefile", str(WORKFLOW / "Snakefile"), "--directory", str(workdir), "--configfile",
             str(workdir / "config.yaml"), "--replace-workflow-config", "--cores", "2", *args]
 
 
@@ -109,7 +119,7 @@ def run(command: list[str], timeout: float, cwd: Path) -> dict:
     """Runs ``command``; its wall time, max RSS (its own, by wait4), exit status and output."""
     with tempfile.TemporaryFile("w+") as log:
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=ENV,
+        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=environment(),
                                    start_new_session=True)
         timer = threading.Timer(timeout, os.killpg, (process.pid, signal.SIGKILL))
         timer.start()
@@ -194,7 +204,8 @@ def prepare_noop(workdir: Path, size: str, base: Path, plans: dict, args) -> dic
         check(plan, f"planning grid {size} failed")
         plans[size] = plan["text"]
     out = workdir.parent / f"directory_flags_{size}.json"
-    flags = [sys.executable, "-c", DIRECTORY_FLAGS, str(workdir), str(workdir / "config.yaml"), str(out)]
+    flags = [sys.executable, "-c", DIRECTORY_FLAGS, str(workdir), str(workdir / "config.yaml"), str(out),
+             str(WORKFLOW / "Snakefile")]
     check(run(flags, args.timeout, workdir), "loading the rules failed")
     directories = json.loads(out.read_text())
     jobs, created, now = topological(planned_jobs(plans[size])), 0, time.time()
@@ -282,7 +293,7 @@ def goals(results: dict) -> dict:
 
 
 def git(*command: str) -> str:
-    return subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["git", *command], cwd=WORKFLOW, capture_output=True, text=True).stdout.strip()
 
 
 def write(path: Path, data: dict) -> None:
@@ -301,15 +312,19 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per snakemake process")
     parser.add_argument("--no-metadata", dest="metadata", action="store_false", help="skip snakemake --touch")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    parser.add_argument("--workflow", type=Path, default=REPO,
+                        help="the loralens checkout to plan (default: this one; an older commit for before/after)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "dry_run_scale.json")
     args = parser.parse_args()
+    global WORKFLOW
+    WORKFLOW = args.workflow.resolve()
     sizes, modes = args.sizes.split(","), args.modes.split(",")
     if not set(sizes) <= set(GRIDS) or not set(modes) <= {"empty", "noop"}:
         parser.error(f"--sizes: of {list(GRIDS)}; --modes: of empty, noop")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or platform.machine())
     data = {"benchmark": "dry_run_scale", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "commit": git("rev-parse", "HEAD"),
+            "workflow": str(WORKFLOW), "commit": git("rev-parse", "HEAD"),
             "worktree_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "machine": {"processor": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
                         "snakemake": metadata.version("snakemake"), "load_average_at_start": os.getloadavg()},
