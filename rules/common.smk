@@ -290,10 +290,6 @@ def run_outputs(run):
 
 # ---- the report ----
 
-# The analyses compared LoRA − frozen over matched seeds and folds (paired tests).
-PAIRED_ANALYSES = PAIRED
-
-
 def tables_of(name):
     """Input function: every table of analysis ``name`` (the grid may wait for a checkpoint)."""
 
@@ -330,7 +326,7 @@ def report_outputs():
     findings and the config page."""
     analyses = report_analyses()
     outputs = [f"results/report/tables/{name}.parquet" for name in analyses]
-    outputs += [f"results/report/tables/{name}.paired.parquet" for name in PAIRED_ANALYSES if name in analyses]
+    outputs += [f"results/report/tables/{name}.paired.parquet" for name in PAIRED if name in analyses]
     outputs += [f"results/report/figures/{name}.{suffix}" for name in report_figures() for suffix in ("png", "svg")]
     outputs += ["results/report/findings.csv", "results/report/findings.html", "results/report/config.html"]
     return outputs

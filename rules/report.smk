@@ -35,7 +35,7 @@ rule paired:
     log:
         "results/logs/report/paired/{analysis}.log",
     wildcard_constraints:
-        analysis="|".join(PAIRED_ANALYSES),
+        analysis="|".join(PAIRED),  # the registry's paired analyses
     resources:
         mem_mb=4000,
         runtime=15,

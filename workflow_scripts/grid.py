@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from functools import cached_property
 
+from workflow_scripts.analyses.registry import analysis_spec
 from workflow_scripts.runs import LORA_METHODS, NO_TARGETS, RUN_PATTERN, TRAINED_METHODS, Run, expand_grid
 
 #: The untrained LoRA references of a trained LoRA run: the same run but for the method.
@@ -170,8 +171,6 @@ class Grid:
     def units(self, analysis: str) -> tuple[str, ...]:
         """The sorted ids of what ``analysis`` has one table of: runs, or comparison groups."""
         if analysis not in self._units:
-            from workflow_scripts.analyses.registry import analysis_spec
-
             spec = analysis_spec(analysis)
             if spec.unit == "group":
                 ids = self.group_runs(spec.applies_to)
@@ -182,8 +181,6 @@ class Grid:
 
     def unit_runs(self, analysis: str) -> tuple[Run, ...]:
         """The runs behind ``analysis``'s tables (a group's runs for the group analyses)."""
-        from workflow_scripts.analyses.registry import analysis_spec
-
         spec = analysis_spec(analysis)
         if spec.unit == "group":
             return tuple(run for runs in self.group_runs(spec.applies_to).values() for run in runs)
@@ -198,8 +195,6 @@ class Grid:
 
     def datasets_of(self, analysis: str) -> list[str]:
         """The datasets of the runs ``analysis`` is computed for (a group analysis: of every run)."""
-        from workflow_scripts.analyses.registry import analysis_spec
-
         spec = analysis_spec(analysis)
         runs = self.runs if spec.unit == "group" else self.runs_in(spec.applies_to)
         return sorted({run.dataset for run in runs})
