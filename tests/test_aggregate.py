@@ -22,7 +22,6 @@ from workflow_scripts.report.aggregate import (
     parse_expected_hash,
     read_tables,
 )
-from workflow_scripts.report.statistics import summarize
 from workflow_scripts.runs import Run
 
 SEEDS, FOLDS, BLOCKS = (0, 1, 2), (1, 2), (0, 1, 2)
@@ -78,39 +77,45 @@ def test_tables_cover_every_analysis():
     assert set(PAIRED) <= set(TABLES)
 
 
-def test_aggregate_mean_std_runs_per_configuration(contribution):
+def fold_means(value, seeds, folds, block):
+    return np.array([np.mean([value(seed, fold, block) for seed in seeds]) for fold in folds])
+
+
+def test_aggregate_nests_seeds_in_folds_per_configuration(contribution):
     table = aggregate(contribution, "contribution")
     assert len(table) == 2 * 3 + 1  # 2 configurations × 3 blocks, and the LoRA-only statistic
     row = table[(table["method"] == "lora") & (table["block"] == 1) & (table["statistic"] == "ratio")].iloc[0]
-    values = [lora_value(seed, fold, 1) for seed in SEEDS for fold in FOLDS]
-    assert (row["runs"], row["seeds"], row["folds"], row["missing"]) == (6, 3, 2, 0)
-    assert row["mean"] == pytest.approx(np.mean(values))
-    assert row["std"] == pytest.approx(np.std(values, ddof=1))
-    half = stats.t.ppf(0.975, 5) * np.std(values, ddof=1) / np.sqrt(6)
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
-    assert row["interval"] == "t"
+    means = fold_means(lora_value, SEEDS, FOLDS, 1)
+    assert (row["runs"], row["seeds"], row["folds"], row["units"], row["missing"]) == (6, 3, 2, 2, 0)
+    assert row["mean"] == pytest.approx(means.mean())
+    assert row["std"] == pytest.approx(np.std(means, ddof=1))
+    within = [lora_value(seed, fold, 1) - means[i] for i, fold in enumerate(FOLDS) for seed in SEEDS]
+    assert row["seed_std"] == pytest.approx(np.sqrt(np.sum(np.square(within)) / (2 * (3 - 1))))
+    # two fold means: their range, called a range, not a 95 % interval
+    assert row["interval"] == "range over folds"
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((means.min(), means.max()))
     assert row["clips_mean"] == 10
     assert row["frames_mean"] == pytest.approx(101.0)  # seeds 0, 1, 2 over both folds
     assert list(table.columns[:8]) == [*CONFIGURATION, "block", "statistic"]
 
 
-def test_aggregate_small_run_counts_use_the_bootstrap_and_count_nan(contribution):
-    part = contribution[(contribution["method"] == "frozen") & (contribution["seed"] < 2)].copy()
-    part.loc[(part["block"] == 2) & (part["seed"] == 1) & (part["fold"] == 2), "value"] = np.nan
-    table = aggregate(part, "contribution", seed=5).set_index("block")
-    assert table.loc[0, "runs"] == 4 and table.loc[0, "interval"] == "bootstrap"
-    values = [frozen_value(seed, fold, 0) for seed in (0, 1) for fold in FOLDS]
-    expected = summarize(values, seed=5)
-    assert (table.loc[0, "ci_low"], table.loc[0, "ci_high"]) == pytest.approx((expected["ci_low"], expected["ci_high"]))
-    assert (table.loc[2, "runs"], table.loc[2, "missing"], table.loc[2, "seeds"]) == (3, 1, 2)
+def test_aggregate_with_one_fold_spreads_over_seeds_and_counts_nan(contribution):
+    part = contribution[(contribution["method"] == "frozen") & (contribution["fold"] == 1)].copy()
+    part.loc[(part["block"] == 2) & (part["seed"] == 1), "value"] = np.nan
+    table = aggregate(part, "contribution").set_index("block")
+    assert table.loc[0, "runs"] == 3 and table.loc[0, "interval"] == "range over seeds (1 fold)"
+    values = [frozen_value(seed, 1, 0) for seed in SEEDS]
+    assert (table.loc[0, "ci_low"], table.loc[0, "ci_high"]) == pytest.approx((min(values), max(values)))
+    assert table.loc[0, "seed_std"] == pytest.approx(np.std(values, ddof=1))
+    assert (table.loc[2, "runs"], table.loc[2, "missing"], table.loc[2, "seeds"]) == (2, 1, 2)
 
 
 def test_aggregate_is_deterministic_whatever_the_row_order(contribution):
-    first = aggregate(contribution, "contribution", seed=1)
+    first = aggregate(contribution, "contribution")
     shuffled = contribution.sample(frac=1.0, random_state=4).reset_index(drop=True)
-    pd.testing.assert_frame_equal(first, aggregate(shuffled, "contribution", seed=1))
-    # dropping a configuration leaves the other's rows (and bootstrap) as they were
-    lora_only = aggregate(contribution[contribution["method"] == "lora"], "contribution", seed=1)
+    pd.testing.assert_frame_equal(first, aggregate(shuffled, "contribution"))
+    # dropping a configuration leaves the other's rows as they were
+    lora_only = aggregate(contribution[contribution["method"] == "lora"], "contribution")
     pd.testing.assert_frame_equal(lora_only, first[first["method"] == "lora"].reset_index(drop=True))
 
 
@@ -192,24 +197,45 @@ def test_subspaces_aggregate_pairs_per_measure_and_rank():
     assert set(zip(rank["rank_1"], rank["rank_2"])) == {(4, 8)}
 
 
-def test_paired_differences_against_scipy_with_holm_across_blocks(contribution):
-    paired = paired_differences(contribution, "contribution")
+SIX_FOLDS = (1, 2, 3, 4, 5, 6)
+# A fold-level LoRA − frozen difference (no ties, no zeros), and a seed offset that averages out.
+FOLD_DIFFERENCE = {1: 0.01, 2: -0.02, 3: 0.03, 4: 0.005, 5: 0.015, 6: 0.042}
+
+
+def six_fold_lora_value(seed, fold, block):
+    return frozen_value(seed, fold, block) + FOLD_DIFFERENCE[fold] + BLOCK_SHIFT[block] + (0.004 if seed else -0.004)
+
+
+@pytest.fixture
+def six_folds():
+    """LoRA r8 and frozen × 2 seeds × 6 folds."""
+    frames = [contribution_run(run_of(seed, fold, **LORA), six_fold_lora_value) for seed in (0, 1) for fold in SIX_FOLDS]
+    frames += [contribution_run(run_of(seed, fold, **FROZEN), frozen_value) for seed in (0, 1) for fold in SIX_FOLDS]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_paired_differences_test_the_fold_level_differences_with_holm_across_blocks(six_folds):
+    paired = paired_differences(six_folds, "contribution")
     assert set(paired["statistic"]) == {"ratio"}  # the LoRA-only statistic has no frozen partner
     assert len(paired) == 3
     assert (paired["method"] == "lora").all() and (paired["rank"] == 8).all()
     for block in BLOCKS:
         row = paired[paired["block"] == block].iloc[0]
-        lora = np.array([lora_value(seed, fold, block) for seed in SEEDS for fold in FOLDS])
-        frozen = np.array([frozen_value(seed, fold, block) for seed in SEEDS for fold in FOLDS])
-        assert (row["pairs"], row["seeds"], row["folds"]) == (6, 3, 2)
-        assert row["mean_difference"] == pytest.approx(np.mean(lora - frozen))
-        assert row["mean_difference"] == pytest.approx(np.mean(list(BASE_DIFFERENCE.values())) + BLOCK_SHIFT[block])
+        per_fold = (fold_means(six_fold_lora_value, (0, 1), SIX_FOLDS, block)
+                    - fold_means(frozen_value, (0, 1), SIX_FOLDS, block))
+        assert per_fold == pytest.approx([FOLD_DIFFERENCE[fold] + BLOCK_SHIFT[block] for fold in SIX_FOLDS])
+        assert (row["pairs"], row["seeds"], row["folds"], row["units"]) == (12, 2, 6, 6)
+        assert row["mean_difference"] == pytest.approx(per_fold.mean())
         assert row["lora_mean"] - row["frozen_mean"] == pytest.approx(row["mean_difference"])
-        t = stats.ttest_rel(lora, frozen)
+        # within every fold the seeds' differences are the fold's ∓ 0.004: pooled sd 0.008 / √2
+        assert row["seed_std"] == pytest.approx(0.008 / np.sqrt(2))
+        t = stats.ttest_1samp(per_fold, 0.0)  # over 6 fold-level differences, not 12 runs
         assert (row["t_statistic"], row["t_p"]) == pytest.approx((t.statistic, t.pvalue))
-        w = stats.wilcoxon(lora - frozen)
+        w = stats.wilcoxon(per_fold)
         assert (row["wilcoxon_statistic"], row["wilcoxon_p"]) == pytest.approx((w.statistic, w.pvalue))
-        assert row["interval"] == "t" and row["test_note"] == ""
+        half = stats.t.ppf(0.975, 5) * np.std(per_fold, ddof=1) / np.sqrt(6)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((per_fold.mean() - half, per_fold.mean() + half))
+        assert row["interval"] == "t95 over folds" and row["test_note"] == ""
     # Holm by hand over the three blocks' t p-values
     p = paired.sort_values("block")["t_p"].to_numpy()
     order = np.argsort(p)
@@ -222,23 +248,65 @@ def test_paired_differences_against_scipy_with_holm_across_blocks(contribution):
     assert (paired["t_p_holm"] >= paired["t_p"]).all()
 
 
-def test_paired_differences_families_and_small_samples(contribution):
-    few = contribution[(contribution["seed"] == 0) & (contribution["statistic"] == "ratio")]  # 2 pairs per block
-    twice = few.copy()
+def test_paired_differences_families_and_small_samples(six_folds):
+    five = six_folds[(six_folds["fold"] < 6) & (six_folds["statistic"] == "ratio")]  # 5 folds per block
+    twice = five.copy()
     twice["statistic"] = "cosine"  # a second quantity: its own Holm family
     twice["value"] = twice["value"] * 0.5
-    paired = paired_differences(pd.concat([few, twice], ignore_index=True), "contribution")
+    paired = paired_differences(pd.concat([five, twice], ignore_index=True), "contribution")
     assert len(paired) == 6
-    assert (paired["pairs"] == 2).all() and (paired["interval"] == "bootstrap").all()
-    assert (paired["test_note"] == "fewer than 6 pairs for Wilcoxon").all()
+    assert (paired["units"] == 5).all() and (paired["interval"] == "t95 over folds").all()
+    assert (paired["test_note"] == "fewer than 6 units for Wilcoxon").all()
     assert paired["wilcoxon_p"].isna().all() and paired["wilcoxon_p_holm"].isna().all()
     for _, family in paired.groupby("statistic"):
         family = family.sort_values("block")
         assert family["t_p_holm"].to_numpy() == pytest.approx(
             np.minimum(1.0, np.maximum.accumulate(np.sort(family["t_p"].to_numpy()) * [3, 2, 1]))[
                 np.argsort(np.argsort(family["t_p"].to_numpy()))])
-    one = paired_differences(contribution[(contribution["seed"] == 0) & (contribution["fold"] == 1)], "contribution")
-    assert (one["test_note"] == "1 pair").all() and one["t_p"].isna().all()
+    few = paired_differences(six_folds[six_folds["fold"] < 3], "contribution")  # 2 folds: a range, no test
+    assert (few["interval"] == "range over folds").all() and few["t_p"].isna().all()
+    assert (few["test_note"] == "2 units: no test below 5").all()
+    one = paired_differences(six_folds[(six_folds["seed"] == 0) & (six_folds["fold"] == 1)], "contribution")
+    assert (one["test_note"] == "1 unit: no test below 5").all() and one["t_p"].isna().all()
+    one_fold = paired_differences(six_folds[six_folds["fold"] == 1], "contribution")
+    assert (one_fold["interval"] == "range over seeds (1 fold)").all()
+
+
+SIMULATED_GRIDS = 2000
+
+
+def simulated_tables(rng: np.random.Generator, folds: int = 5, seeds: int = 3) -> pd.DataFrame:
+    """SIMULATED_GRIDS independent nested grids in one contribution table, one per block: frozen
+    values with a fold effect (sd 1) and seed noise (sd 0.3) around 0.5, and LoRA values whose
+    difference has its own fold effect and seed noise around 0 (the null)."""
+    frames = []
+    frozen_fold = rng.normal(0, 1.0, size=(folds, SIMULATED_GRIDS))
+    difference_fold = rng.normal(0, 1.0, size=(folds, SIMULATED_GRIDS))
+    blocks = np.arange(SIMULATED_GRIDS)
+    for fold in range(folds):
+        for seed in range(seeds):
+            frozen = 0.5 + frozen_fold[fold] + rng.normal(0, 0.3, SIMULATED_GRIDS)
+            lora = frozen + difference_fold[fold] + rng.normal(0, 0.3, SIMULATED_GRIDS)
+            for fields, values in ((FROZEN, frozen), (LORA, lora)):
+                run = run_of(seed, fold + 1, **fields)
+                frames.append(with_run(run, [{"block": b, "statistic": "ratio", "value": v, "clips": 1, "frames": 1}
+                                             for b, v in zip(blocks, values)]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_simulated_nested_grids_cover_the_truth_and_keep_the_false_positive_rate():
+    table = simulated_tables(np.random.default_rng(2026))
+    summary = aggregate(table, "contribution")
+    frozen = summary[summary["method"] == "frozen"]
+    assert len(frozen) == SIMULATED_GRIDS and (frozen["interval"] == "t95 over folds").all()
+    coverage = ((frozen["ci_low"] <= 0.5) & (0.5 <= frozen["ci_high"])).mean()
+    assert 0.93 <= coverage <= 0.97, coverage
+    paired = paired_differences(table, "contribution")
+    assert len(paired) == SIMULATED_GRIDS and paired["t_p"].notna().all()
+    false_positives = (paired["t_p"] < 0.05).mean()
+    assert false_positives <= 0.06, false_positives
+    covered = ((paired["ci_low"] <= 0) & (0 <= paired["ci_high"])).mean()
+    assert 0.93 <= covered <= 0.97, covered
 
 
 def test_paired_differences_without_frozen_runs_is_empty(contribution):
@@ -322,10 +390,9 @@ def test_cli_end_to_end(tmp_path, contribution):
     paths = write_run_tables(tmp_path / "tables", contribution)
     out, paired_out = tmp_path / "agg" / "contribution.parquet", tmp_path / "agg" / "contribution.paired.parquet"
     main(["--analysis", "contribution", "--tables", *paths, "--out", str(out), "--paired-out", str(paired_out),
-          "--expected-hash", "h1", "--expected-runs", *sorted(contribution["run"].unique()), "--seed", "3"])
-    pd.testing.assert_frame_equal(pd.read_parquet(out), aggregate(contribution, "contribution", seed=3),
-                                  check_dtype=False)
-    pd.testing.assert_frame_equal(pd.read_parquet(paired_out), paired_differences(contribution, "contribution", seed=3),
+          "--expected-hash", "h1", "--expected-runs", *sorted(contribution["run"].unique())])
+    pd.testing.assert_frame_equal(pd.read_parquet(out), aggregate(contribution, "contribution"), check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(paired_out), paired_differences(contribution, "contribution"),
                                   check_dtype=False)
     record = read_provenance(out)
     assert record["step"] == "aggregate" and record["settings"]["analysis"] == "contribution"

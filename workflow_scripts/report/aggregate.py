@@ -2,18 +2,16 @@
 
 **Aggregate** (:func:`aggregate`): one row per configuration (dataset, protocol, model, method,
 targets, rank) and per value the analysis reports (its :class:`TableSpec` keys: a layer, a
-statistic, a module, ...), with the mean, the sample std and a 95 % interval of the mean over the
-runs (seeds × folds) -- :func:`workflow_scripts.report.statistics.summarize`: a t-interval from
-5 runs on, a percentile bootstrap from 2 to 4 runs, none for 1; the ``interval`` column says
-which. NaN values (an undefined k90 of an all-zero spectrum, ...) are left out and counted in
-``missing``; ``runs``, ``seeds`` and ``folds`` count the values that were averaged. Numeric side
-columns (a CKA value's permutation null, the clip counts, ...) are averaged alongside as
-``<column>_mean``.
-
-Every run is one sample here, seeds and folds alike. Runs of one fold share their test clips, so
-they are not fully independent: with several seeds per fold the interval is narrower than one
-over folds would be (the performance table, :mod:`workflow_scripts.report.performance`, nests
-seeds in folds for that reason). The tables say how many seeds and folds each row pools.
+statistic, a module, ...), summarised with the seeds nested in the folds
+(:func:`workflow_scripts.report.statistics.nested_summaries`): runs of one fold share their test
+clips, so each fold's seeds are averaged first and the interval is over the fold means (a 95 %
+t-interval from 5 folds, their range from 2 to 4, none for 1; with one fold, over its seeds, on
+fixed test clips). ``interval`` names the kind and what it is over (``t95 over folds``,
+``range over seeds (1 fold)``, ...), ``units`` how many values it is over, ``std`` their
+sample std and ``seed_std`` the seed-to-seed spread (the pooled within-fold std). NaN values (an
+undefined k90 of an all-zero spectrum, ...) are left out and counted in ``missing``; ``runs``,
+``seeds`` and ``folds`` count the values that were averaged. Numeric side columns (a CKA value's
+permutation null, the clip counts, ...) are averaged alongside as ``<column>_mean``.
 
 Per analysis (:data:`TABLES`):
 
@@ -25,16 +23,19 @@ Per analysis (:data:`TABLES`):
   key column (values ``mean_cos2``, ``max_cos``) with the number in ``value``, so the aggregate has
   one row per measure; each pair's ranks (``rank_1``, ``rank_2``, from its run ids) are keys, so
   that rank-4 and rank-8 seed pairs are not pooled. ``runs`` counts pairs there, and ``seeds``
-  and ``folds`` the distinct seeds and folds of the paired runs. The sample id (``group``) is the
-  comparison group, ``dataset/protocol/model/method/targets``;
+  and ``folds`` the distinct seeds and folds of the paired runs. A pair is nested in its fold when
+  both runs share it, else in its fold pair (``interval``: ``... over fold pairs``). The sample
+  id (``group``) is the comparison group, ``dataset/protocol/model/method/targets``;
 * embeddings: a table per group of runs across ranks; every row carries its rank, so the
   configuration is as usual; the group id (``group``) plays the run id.
 
 **Paired** (:func:`paired_differences`, for :data:`PAIRED`): each LoRA run's value minus that of
 the frozen run with the same dataset, protocol, model, seed and fold, per LoRA configuration and
-key: mean difference with the same interval rule, the paired t-test and the Wilcoxon signed-rank
-test (from 6 pairs), each Holm-corrected across the layers of one quantity
-(:func:`workflow_scripts.report.statistics.paired_tests`, :func:`~workflow_scripts.report.statistics.holm`).
+key; per fold the seeds' differences are averaged, and the mean difference, its interval and the
+tests are over those fold-level differences (over the seeds' differences with one fold): the
+paired t-test from 5 units and the Wilcoxon signed-rank test from 6, each Holm-corrected across
+the layers of one quantity (:func:`workflow_scripts.report.statistics.paired_tests`,
+:func:`~workflow_scripts.report.statistics.holm`).
 
 **Input checks** (:func:`read_tables`): each table must have the columns its analysis needs, come
 from the expected settings (``--expected-hash``: the ``config_hash`` in its provenance), and
@@ -46,7 +47,7 @@ Entry point::
 
     python -m workflow_scripts.report.aggregate --analysis probes --tables T1.parquet T2.parquet ... \\
         --out probes.parquet [--paired-out probes.paired.parquet] [--expected-hash H] \\
-        [--expected-runs RUN_ID ...] [--seed 0]
+        [--expected-runs RUN_ID ...]
 """
 
 from __future__ import annotations
@@ -64,20 +65,20 @@ from workflow_scripts.atomic import write_table
 from workflow_scripts.cli import entry_parser, run_main
 from workflow_scripts.errors import InputError, describe_offenders
 from workflow_scripts.report.statistics import (
-    BOOTSTRAP_BELOW,
-    BOOTSTRAP_RESAMPLES,
     CONFIDENCE,
-    WILCOXON_MIN_PAIRS,
-    grouped_summaries,
+    T_FROM,
+    WILCOXON_MIN_UNITS,
+    fold_units,
+    grouped_paired_tests,
     holm,
-    paired_tests,
+    nested_summaries,
     summarize,
 )
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BOOTSTRAP_BELOW", "CONFIGURATION", "PAIRED", "RUN_COLUMNS", "TABLES", "TableSpec", "WILCOXON_MIN_PAIRS",
+    "CONFIGURATION", "PAIRED", "RUN_COLUMNS", "TABLES", "T_FROM", "TableSpec", "WILCOXON_MIN_UNITS",
     "aggregate", "paired_differences", "prepare_table", "read_tables", "summarize", "holm", "main",
 ]
 
@@ -99,15 +100,15 @@ def table_spec(analysis: str) -> TableSpec:
 def summary_columns(analysis: str) -> list[str]:
     """The columns of :func:`aggregate`'s table, in order."""
     spec = table_spec(analysis)
-    return [*spec.configuration, *spec.keys, "runs", "seeds", "folds", "missing", "mean", "std", "ci_low", "ci_high",
-            "interval", *(f"{extra}_mean" for extra in spec.extras)]
+    return [*spec.configuration, *spec.keys, "runs", "seeds", "folds", "units", "missing", "mean", "std", "seed_std",
+            "ci_low", "ci_high", "interval", *(f"{extra}_mean" for extra in spec.extras)]
 
 
 def paired_columns(analysis: str) -> list[str]:
     """The columns of :func:`paired_differences`'s table, in order."""
     spec = table_spec(analysis)
-    return [*spec.configuration, *spec.keys, "pairs", "seeds", "folds", "missing", "lora_mean", "frozen_mean",
-            "mean_difference", "std", "ci_low", "ci_high", "interval", "t_statistic", "t_p", "t_p_holm",
+    return [*spec.configuration, *spec.keys, "pairs", "seeds", "folds", "units", "missing", "lora_mean",
+            "frozen_mean", "mean_difference", "std", "seed_std", "ci_low", "ci_high", "interval", "t_statistic", "t_p", "t_p_holm",
             "wilcoxon_statistic", "wilcoxon_p", "wilcoxon_p_holm", "test_note"]
 
 
@@ -205,10 +206,30 @@ def _seed_fold_labels(frame: pd.DataFrame, spec: TableSpec, rows: np.ndarray) ->
 # Aggregate
 
 
-def aggregate(table: pd.DataFrame, analysis: str, seed: int = 0) -> pd.DataFrame:
+def _fold_labels(frame: pd.DataFrame, spec: TableSpec) -> np.ndarray:
+    """Each row's fold label, the level its seeds are nested in: the run's fold; for a subspace
+    pair, its fold when both runs share it, else the fold pair (``"1|2"``): pairs that cross the
+    same two folds share both test sets."""
+    if spec.unit != "pairs":
+        return frame["fold"].to_numpy(dtype=object)
+    first, second = frame["fold_1"].to_numpy(), frame["fold_2"].to_numpy()
+    low, high = np.minimum(first, second), np.maximum(first, second)
+    return np.array([str(a) if a == b else f"{a}|{b}" for a, b in zip(low, high)], dtype=object)
+
+
+def _fold_nouns(codes: np.ndarray, folds: np.ndarray, n_groups: int) -> list[str]:
+    """What each group's units are when they are fold-level means: folds, or fold pairs."""
+    crosses = np.zeros(n_groups, dtype=bool)
+    crossing = np.array(["|" in str(label) for label in folds], dtype=bool)
+    crosses[codes[crossing]] = True
+    return ["fold pairs" if cross else "folds" for cross in crosses]
+
+
+def aggregate(table: pd.DataFrame, analysis: str) -> pd.DataFrame:
     """One row per configuration × key of ``analysis``'s rows in ``table`` (any number of runs):
-    runs, seeds, folds, missing, mean, std, ci_low, ci_high, interval and ``<extra>_mean``; rows
-    sorted by configuration and keys; the bootstrap seeded by ``seed`` alone."""
+    runs, seeds, folds, units, missing, mean, std, seed_std, ci_low, ci_high, interval (the
+    nested summary of :mod:`workflow_scripts.report.statistics`: seeds averaged within folds
+    first) and ``<extra>_mean``; rows sorted by configuration and keys."""
     spec = table_spec(analysis)
     frame = prepare_table(table, analysis)
     by = [*spec.configuration, *spec.keys]
@@ -219,12 +240,13 @@ def aggregate(table: pd.DataFrame, analysis: str, seed: int = 0) -> pd.DataFrame
     codes, groups = _group_codes(frame, by)
     n_groups = len(groups)
     values = _numbers(frame[spec.value])
-    summary = grouped_summaries(codes, values, n_groups, seed=seed)
+    folds = _fold_labels(frame, spec)
+    summary = nested_summaries(codes, folds, values, n_groups, fold_noun=_fold_nouns(codes, folds, n_groups))
     counted = np.flatnonzero(~np.isnan(values))
-    seeds, folds = _seed_fold_labels(frame, spec, counted)
-    result = pd.concat([groups, summary], axis=1)
+    seeds, fold_columns = _seed_fold_labels(frame, spec, counted)
+    result = pd.concat([groups, summary.drop(columns="folds")], axis=1)
     result["seeds"] = _distinct_counts(codes[counted], seeds, n_groups)
-    result["folds"] = _distinct_counts(codes[counted], folds, n_groups)
+    result["folds"] = _distinct_counts(codes[counted], fold_columns, n_groups)
     for extra in spec.extras:
         result[f"{extra}_mean"] = _group_means(codes, _numbers(frame[extra]), n_groups)
     return result[columns]
@@ -234,11 +256,13 @@ def aggregate(table: pd.DataFrame, analysis: str, seed: int = 0) -> pd.DataFrame
 # LoRA against frozen
 
 
-def paired_differences(table: pd.DataFrame, analysis: str, seed: int = 0) -> pd.DataFrame:
+def paired_differences(table: pd.DataFrame, analysis: str) -> pd.DataFrame:
     """LoRA − frozen over runs matched on dataset, protocol, model, seed, fold and the keys: one
-    row per LoRA configuration × key with the mean difference, its interval, the paired t and
-    Wilcoxon tests and their Holm adjustment across the layers of each quantity. LoRA rows
-    without a frozen partner are left out; with no pair at all the table is empty."""
+    row per LoRA configuration × key with the mean difference (per fold, the seeds' matched
+    differences averaged; then over the folds), its interval, the paired t and Wilcoxon tests on
+    the fold-level differences (on the seeds' differences with one fold) and their Holm
+    adjustment across the layers of each quantity. LoRA rows without a frozen partner are left
+    out; with no pair at all the table is empty."""
     if analysis not in PAIRED:
         raise InputError(f"paired differences are made for {list(PAIRED)}, not {analysis!r}")
     spec = table_spec(analysis)
@@ -263,21 +287,22 @@ def paired_differences(table: pd.DataFrame, analysis: str, seed: int = 0) -> pd.
     by = [*spec.configuration, *keys]
     codes, groups = _group_codes(pairs, by)
     n_groups = len(groups)
+    folds = pairs["fold"].to_numpy(dtype=object)
     lora_values, frozen_values = _numbers(pairs["lora_value"]), _numbers(pairs["frozen_value"])
     differences = lora_values - frozen_values
-    summary = grouped_summaries(codes, differences, n_groups, seed=seed)
+    summary = nested_summaries(codes, folds, differences, n_groups)
     counted = np.flatnonzero(~np.isnan(differences))
-    result = pd.concat([groups, summary.rename(columns={"runs": "pairs", "mean": "mean_difference"})], axis=1)
+    result = pd.concat([groups, summary.drop(columns="folds").rename(
+        columns={"runs": "pairs", "mean": "mean_difference"})], axis=1)
     result["seeds"] = _distinct_counts(codes[counted], [pairs["seed"].to_numpy()[counted]], n_groups)
-    result["folds"] = _distinct_counts(codes[counted], [pairs["fold"].to_numpy()[counted]], n_groups)
+    result["folds"] = _distinct_counts(codes[counted], [folds[counted]], n_groups)
+    # The two sides' means over the same complete pairs, folds weighted alike, as the difference.
     complete = np.where(np.isnan(differences), np.nan, 1.0)
-    result["lora_mean"] = _group_means(codes, lora_values * complete, n_groups)
-    result["frozen_mean"] = _group_means(codes, frozen_values * complete, n_groups)
+    result["lora_mean"] = nested_summaries(codes, folds, lora_values * complete, n_groups)["mean"]
+    result["frozen_mean"] = nested_summaries(codes, folds, frozen_values * complete, n_groups)["mean"]
 
-    order = np.argsort(codes, kind="stable")
-    bounds = np.cumsum(np.bincount(codes, minlength=n_groups))[:-1]
-    tests = pd.DataFrame([paired_tests(group) for group in np.split(differences[order], bounds)])
-    result = pd.concat([result, tests], axis=1)
+    units, _ = fold_units(codes[counted], folds[counted], differences[counted])
+    result = pd.concat([result, grouped_paired_tests(units, n_groups)], axis=1)
     family = [*spec.configuration, *(key for key in keys if key != spec.layer)]
     result["t_p_holm"] = np.nan
     result["wilcoxon_p_holm"] = np.nan
@@ -399,7 +424,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="the config_hash every table's provenance must carry, or DATASET=HASH per dataset")
     parser.add_argument("--expected-runs", nargs="+",
                         help="the run ids (group ids for embeddings and subspaces) the tables must cover, no more")
-    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
     args = parser.parse_args(argv)
     if args.paired_out is not None and args.analysis not in PAIRED:
         raise InputError(f"--paired-out: paired LoRA − frozen tables are made for {', '.join(PAIRED)}, "
@@ -412,12 +436,11 @@ def main(argv: list[str] | None = None) -> None:
     expected_hash = parse_expected_hash(args.expected_hash)
 
     table = read_tables(args.tables, args.analysis, expected_hash, args.expected_runs)
-    aggregated = aggregate(table, args.analysis, args.seed) if args.out is not None else None
-    paired = paired_differences(table, args.analysis, args.seed) if args.paired_out is not None else None
+    aggregated = aggregate(table, args.analysis) if args.out is not None else None
+    paired = paired_differences(table, args.analysis) if args.paired_out is not None else None
 
-    settings = {"analysis": args.analysis, "seed": args.seed, "confidence": CONFIDENCE,
-                "bootstrap_below": BOOTSTRAP_BELOW, "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
-                "wilcoxon_min_pairs": WILCOXON_MIN_PAIRS}
+    settings = {"analysis": args.analysis, "confidence": CONFIDENCE, "t_from": T_FROM,
+                "wilcoxon_min_units": WILCOXON_MIN_UNITS}
     inputs = [{"path": path, "config_hash": read_provenance(path).get("config_hash")} for path in args.tables]
     if aggregated is not None:
         write_table(args.out, aggregated,

@@ -1,41 +1,49 @@
-"""Summaries over runs and paired tests: the statistics behind the aggregated report tables.
+"""Summaries over a seeds × folds grid and paired tests: the statistics behind every report table.
 
-Pure numpy/scipy, no file input; :mod:`workflow_scripts.report.aggregate` applies them to the
-analysis tables.
+Pure numpy/scipy/pandas, no file input; :mod:`workflow_scripts.report.aggregate`,
+:mod:`~workflow_scripts.report.performance` and :mod:`~workflow_scripts.report.findings` apply
+them (definitions: ../shared/notes/analysis-math.md, "Intervals and tests over a seeds × folds grid").
 
-**Summary of one sample** (the values of one quantity over the runs of one configuration):
-NaN values are dropped first and counted (``missing``); of the ``runs`` values left:
+**Why nested.** Runs of one fold share their train, validation and test clips; seeds vary only the
+initialisation and the batch order. They are repeated measures of one fold, not independent
+samples: pooling seeds × folds as one sample makes intervals too narrow and tests too eager (with
+5 folds × 3 seeds, fold sd 1 and seed sd 0.3, a pooled "95 %" interval covers the truth about
+70 % of the time; ``tests/test_report_statistics.py`` simulates it).
 
-* ``mean``, and ``std`` the sample standard deviation (ddof 1; NaN with fewer than 2 runs);
-* the interval of the mean at ``confidence`` (95 % by default), by one rule:
+**Summary of one sample** (the values of one quantity over the runs of one configuration, each
+with its fold label; :func:`nested_summaries` for many groups at once, :func:`summarize` for one).
+NaN values are dropped first and counted (``missing``). Of the ``runs`` values left:
 
-  - ``runs >= BOOTSTRAP_BELOW`` (5): the t-interval ``mean ± t(1 − α/2, runs − 1) · std / √runs``
-    (``interval = "t"``);
-  - ``2 <= runs < BOOTSTRAP_BELOW``: the percentile bootstrap of the mean over the runs
-    (``interval = "bootstrap"``): :data:`BOOTSTRAP_RESAMPLES` resamples of the runs with
-    replacement, drawn by ``numpy.random.default_rng(seed)`` as an index matrix
-    ``integers(0, runs, (B, runs))`` applied to the values sorted ascending (so the answer does
-    not depend on the order the runs come in), and the α/2 and 1 − α/2 quantiles of the
-    resample means (numpy's default linear interpolation). With so few runs a t-interval leans
-    entirely on normality; the bootstrap interval instead stays within the observed range, and
-    is honest about being narrow only where the runs agree (it is known to undercover at such
-    sizes; the ``interval`` column says which kind each row has);
-  - ``runs == 1``: no interval (``interval = "none"``, NaN ends); ``runs == 0`` likewise, with a
-    NaN mean.
+1. each fold's values (its seeds) are averaged into a fold mean;
+2. the *units* the interval is over are the fold means when there are at least 2 folds, else
+   (one fold) the seeds' values themselves -- then the only spread is across seeds on fixed test
+   clips, which says nothing about other speakers, and the ``interval`` label says so;
+3. ``mean`` is the mean of the units (every fold weighs the same); ``std`` their sample standard
+   deviation (ddof 1, NaN with one unit); ``seed_std`` the seed-to-seed spread, the pooled
+   within-fold sample standard deviation ``sqrt(Σ_f Σ_s (x_fs − x̄_f)² / Σ_f (k_f − 1))``
+   (NaN when no fold has two seeds);
+4. the interval, by the number of units ``u``:
 
-  A constant sample has ``std = 0`` and ``ci_low = ci_high = mean`` (exactly). Intervals are
-  never clipped: the values are not all proportions.
+   - ``u >= T_FROM`` (5): the t-interval ``mean ± t(1 − α/2, u − 1) · std / √u`` at
+     ``confidence`` (95 %); ``interval`` is ``"t95 over folds"`` or, on one fold,
+     ``"t95 over seeds (1 fold)"``;
+   - ``2 <= u < T_FROM``: the range of the units, ``[min, max]`` -- not a confidence interval (at 2
+     values a percentile bootstrap would be exactly this, with 50 % coverage); ``interval`` is
+     ``"range over folds"`` or ``"range over seeds (1 fold)"``;
+   - ``u <= 1``: none (``interval = "none"``, NaN ends).
 
-:func:`grouped_summaries` computes the same for many groups at once (vectorised: the bootstrap
-of all groups with the same run count shares one index matrix, so every group's interval is
-exactly what :func:`summarize` gives for its values, whatever else is in the table).
+   A constant sample has ``std = 0`` and both ends equal to the mean, exactly. Intervals are not
+   clipped unless ``bounds`` are given (the performance metrics are proportions).
 
-**Paired tests** on differences d_i = LoRA − frozen of matched runs (:func:`paired_tests`):
-the paired t-test (``scipy.stats.ttest_1samp(d, 0)``, identical to ``ttest_rel``; NaN with
-fewer than 2 pairs or when all differences are equal, where the statistic is undefined) and the
-Wilcoxon signed-rank test (``scipy.stats.wilcoxon(d)``, two-sided, zeros dropped), only with at
-least :data:`WILCOXON_MIN_PAIRS` (6) pairs: with n pairs the smallest exact two-sided p is
-2 / 2ⁿ, which is 0.0625 for n = 5, so below 6 pairs the test could never reject at 0.05.
+A caller may name its folds' units otherwise (``fold_noun``: subspace pairs that cross folds are
+nested in their *fold pair*).
+
+**Paired tests** (:func:`paired_tests`, :func:`grouped_paired_tests`) on the units of matched
+differences d = LoRA − frozen (per fold, the mean over seeds of the matched differences; on one
+fold, the seeds' differences): the paired t-test (``scipy.stats.ttest_1samp(d, 0)``) from
+:data:`T_FROM` units, as for the interval it is dual to, and the Wilcoxon signed-rank test
+(two-sided, zeros dropped) from :data:`WILCOXON_MIN_UNITS` (6) units: with n units its smallest
+exact two-sided p is 2 / 2ⁿ, 0.0625 for n = 5. ``test_note`` says why a test is missing.
 
 **Holm** (:func:`holm`): the step-down adjustment of a family of p-values (here: one quantity
 across layers): sort the m p-values ascending, p̃_(i) = min(1, max_{j ≤ i} (m − j + 1) p_(j)).
@@ -44,7 +52,6 @@ NaN p-values stay NaN and are not counted in m.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 
@@ -53,17 +60,16 @@ import pandas as pd
 from scipy import stats
 
 CONFIDENCE = 0.95
-#: From this many runs on the interval is the t-interval; below it (and from 2 runs), the bootstrap.
-BOOTSTRAP_BELOW = 5
-BOOTSTRAP_RESAMPLES = 10_000
-#: The Wilcoxon signed-rank test needs this many pairs before its exact p can go below 0.05.
-WILCOXON_MIN_PAIRS = 6
+#: From this many units (fold means, or seeds on one fold) on: the t-interval and the t-test;
+#: below it, the range of the units and no test (the brief: a range of 2-4 values is a range).
+T_FROM = 5
+#: The Wilcoxon signed-rank test needs this many units before its exact p can go below 0.05.
+WILCOXON_MIN_UNITS = 6
 
-T_INTERVAL = "t"
-BOOTSTRAP_INTERVAL = "bootstrap"
 NO_INTERVAL = "none"
+ONE_FOLD = "seeds (1 fold)"
 
-SUMMARY_COLUMNS = ["runs", "missing", "mean", "std", "ci_low", "ci_high", "interval"]
+SUMMARY_COLUMNS = ["runs", "units", "missing", "mean", "std", "seed_std", "ci_low", "ci_high", "interval"]
 TEST_COLUMNS = ["t_statistic", "t_p", "wilcoxon_statistic", "wilcoxon_p", "test_note"]
 
 
@@ -73,112 +79,116 @@ def _check_confidence(confidence: float) -> float:
     return float(confidence)
 
 
-def _resample_patterns(runs: int, seed) -> tuple[np.ndarray, np.ndarray]:
-    """The bootstrap's B resamples of ``runs`` values as distinct count patterns and their frequencies.
+def interval_label(kind: str, units: int, multi_fold: bool, fold_noun: str = "folds",
+                   confidence: float = CONFIDENCE) -> str:
+    """What an interval is and what it is over, e.g. ``"t95 over folds"``, ``"range over seeds (1 fold)"``."""
+    if kind == NO_INTERVAL:
+        return NO_INTERVAL
+    over = fold_noun if multi_fold else ONE_FOLD
+    name = f"t{round(100 * confidence)}" if kind == "t" else "range"
+    return f"{name} over {over}"
 
-    A resample's mean depends only on how often it drew each value, and with few runs there are
-    few such patterns (35 for 4 runs), so the B resample means of any sample are the pattern
-    means, each repeated as often as its pattern was drawn.
+
+def interval_kind(units: int) -> str:
+    """``"t"``, ``"range"`` or ``"none"`` for an interval over ``units`` values."""
+    if units >= T_FROM:
+        return "t"
+    return "range" if units >= 2 else NO_INTERVAL
+
+
+def fold_units(groups: np.ndarray, folds: Sequence, values: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The units each group's interval is over, and each group's run and fold counts.
+
+    Returns ``(units, counts)``: ``units`` has one row per unit (``group``, ``value``): the fold
+    means of a group with two or more folds, the values themselves for a group with one fold;
+    ``counts`` is indexed by group with ``runs``, ``folds``, ``seed_std``. NaN values must be
+    dropped by the caller.
     """
-    draws = np.random.default_rng(seed).integers(0, runs, size=(BOOTSTRAP_RESAMPLES, runs))
-    counts = np.stack([(draws == position).sum(axis=1) for position in range(runs)], axis=1)
-    patterns, frequencies = np.unique(counts, axis=0, return_counts=True)
-    return patterns.astype(np.float64), frequencies
+    data = pd.DataFrame({"group": np.asarray(groups, dtype=np.int64), "fold": np.asarray(folds, dtype=object),
+                         "value": np.asarray(values, dtype=np.float64)})
+    cells = data.groupby(["group", "fold"], sort=True)["value"].agg(["size", "mean", "var"]).reset_index()
+    cells["squares"] = cells["var"].fillna(0.0) * (cells["size"] - 1)
+    cells["degrees"] = cells["size"] - 1
+    counts = cells.groupby("group").agg(runs=("size", "sum"), folds=("fold", "size"), squares=("squares", "sum"),
+                                        degrees=("degrees", "sum"))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        counts["seed_std"] = np.where(counts["degrees"] > 0, np.sqrt(counts["squares"] / counts["degrees"]), np.nan)
+    multi = counts.index[counts["folds"] >= 2]
+    from_folds = cells.loc[cells["group"].isin(multi), ["group", "mean"]].rename(columns={"mean": "value"})
+    from_seeds = data.loc[~data["group"].isin(multi), ["group", "value"]]
+    units = pd.concat([from_folds, from_seeds], ignore_index=True)
+    return units, counts[["runs", "folds", "seed_std"]]
 
 
-def _bootstrap_intervals(samples: np.ndarray, confidence: float, seed) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap intervals of the mean for each row of ``samples`` [groups, runs]
-    (each row sorted ascending), as numpy's linear-interpolated quantiles of the B resample means."""
-    groups, runs = samples.shape
-    patterns, frequencies = _resample_patterns(runs, seed)
-    means = samples @ patterns.T / runs  # [groups, patterns]
-    order = np.argsort(means, axis=1, kind="stable")
-    sorted_means = np.take_along_axis(means, order, axis=1)
-    cumulative = np.cumsum(frequencies[order], axis=1)  # resamples at or below each sorted pattern mean
-    rows = np.arange(groups)
-
-    def order_statistic(position: int) -> np.ndarray:
-        """The ``position``-th (0-based) smallest of the B resample means of every row."""
-        return sorted_means[rows, (cumulative > position).argmax(axis=1)]
-
-    ends = []
-    for quantile in ((1 - confidence) / 2, (1 + confidence) / 2):
-        virtual = (BOOTSTRAP_RESAMPLES - 1) * quantile
-        below = math.floor(virtual)
-        fraction = virtual - below
-        low = order_statistic(below)
-        high = order_statistic(min(below + 1, BOOTSTRAP_RESAMPLES - 1))
-        ends.append(low + fraction * (high - low))
-    return ends[0], ends[1]
+def _unit_summaries(units: pd.DataFrame, n_groups: int) -> pd.DataFrame:
+    """count, mean, std (ddof 1), min and max of each group's units, indexed 0..n_groups − 1."""
+    stats_of = units.groupby("group")["value"].agg(["size", "mean", "std", "min", "max"])
+    stats_of = stats_of.reindex(range(n_groups))
+    stats_of["size"] = stats_of["size"].fillna(0).astype(np.int64)
+    # A constant sample: its mean is the value itself and its spread exactly 0 (summing n copies and
+    # dividing by n can be off in the last bit, which would give a hair-wide interval).
+    constant = (stats_of["size"] > 0) & (stats_of["min"] == stats_of["max"])
+    stats_of.loc[constant, "mean"] = stats_of.loc[constant, "min"]
+    stats_of.loc[constant & (stats_of["size"] >= 2), "std"] = 0.0
+    return stats_of
 
 
-def grouped_summaries(groups: np.ndarray, values: np.ndarray, n_groups: int | None = None,
-                      confidence: float = CONFIDENCE, seed=0) -> pd.DataFrame:
-    """:func:`summarize` of the values of each group: one row per group code 0..n_groups − 1.
+def nested_summaries(groups: np.ndarray, folds: Sequence, values: np.ndarray, n_groups: int | None = None,
+                     confidence: float = CONFIDENCE, bounds: tuple[float, float] = (-np.inf, np.inf),
+                     fold_noun: str | Sequence[str] = "folds") -> pd.DataFrame:
+    """The nested summary (module docstring) of each group's values: one row per group code
+    0..n_groups − 1 with :data:`SUMMARY_COLUMNS` and ``folds``.
 
-    ``groups`` holds each value's group code (integers from 0); a group with no values (or only
-    NaN) gets runs 0 and NaN everywhere.
+    ``groups`` holds each value's group code (integers from 0), ``folds`` its fold label (any
+    hashable: an int, or a fold pair's text); ``fold_noun`` names the units when they are fold
+    means (one noun, or one per group). A group with no values (or only NaN) gets runs 0 and NaN.
     """
     confidence = _check_confidence(confidence)
     groups = np.asarray(groups, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
-    if groups.shape != values.shape:
-        raise ValueError(f"{values.size} values but {groups.size} group codes")
+    folds = np.asarray(folds, dtype=object)
+    if not groups.shape == values.shape == folds.shape:
+        raise ValueError(f"{values.size} values, {groups.size} group codes and {folds.size} fold labels")
     if n_groups is None:
         n_groups = int(groups.max()) + 1 if groups.size else 0
     present = ~np.isnan(values)
     missing = np.bincount(groups[~present], minlength=n_groups)
-    groups, values = groups[present], values[present]
-    order = np.lexsort((values, groups))  # by group, each group's values ascending
-    groups, values = groups[order], values[order]
-    runs = np.bincount(groups, minlength=n_groups)
+    units, counts = fold_units(groups[present], folds[present], values[present])
+    counts = counts.reindex(range(n_groups))
+    summary = _unit_summaries(units, n_groups)
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(groups, weights=values, minlength=n_groups) / runs
-        squares = np.bincount(groups, weights=(values - mean[groups]) ** 2, minlength=n_groups)
-        std = np.where(runs >= 2, np.sqrt(squares / (runs - 1)), np.nan)
-    starts = np.cumsum(runs) - runs
-    has_values = runs > 0
-    smallest = np.full(n_groups, np.nan)
-    largest = np.full(n_groups, np.nan)
-    smallest[has_values] = values[starts[has_values]]
-    largest[has_values] = values[starts[has_values] + runs[has_values] - 1]
-    # A constant sample: its mean is the value itself and its spread exactly 0 (summing n copies
-    # and dividing by n can be off in the last bit, which would give a hair-wide interval).
-    constant = has_values & (smallest == largest)
-    mean[constant] = smallest[constant]
-    std[constant & (runs >= 2)] = 0.0
-
-    ci_low = np.full(n_groups, np.nan)
-    ci_high = np.full(n_groups, np.nan)
-    interval = np.full(n_groups, NO_INTERVAL, dtype=object)
-    t_rows = runs >= BOOTSTRAP_BELOW
+    size = summary["size"].to_numpy()
+    mean = summary["mean"].to_numpy(dtype=np.float64)
+    std = summary["std"].to_numpy(dtype=np.float64)
+    low, high = np.full(n_groups, np.nan), np.full(n_groups, np.nan)
+    t_rows = size >= T_FROM
     if t_rows.any():
-        quantile = stats.t.ppf((1 + confidence) / 2, df=runs[t_rows] - 1)
-        half = quantile * std[t_rows] / np.sqrt(runs[t_rows])
-        ci_low[t_rows] = mean[t_rows] - half
-        ci_high[t_rows] = mean[t_rows] + half
-        interval[t_rows] = T_INTERVAL
-    for count in range(2, BOOTSTRAP_BELOW):
-        rows = np.flatnonzero(runs == count)
-        if rows.size == 0:
-            continue
-        samples = values[starts[rows, None] + np.arange(count)]
-        ci_low[rows], ci_high[rows] = _bootstrap_intervals(samples, confidence, seed)
-        interval[rows] = BOOTSTRAP_INTERVAL
-    ci_low[constant & (runs >= 2)] = mean[constant & (runs >= 2)]
-    ci_high[constant & (runs >= 2)] = mean[constant & (runs >= 2)]
+        half = stats.t.ppf((1 + confidence) / 2, df=size[t_rows] - 1) * std[t_rows] / np.sqrt(size[t_rows])
+        low[t_rows], high[t_rows] = mean[t_rows] - half, mean[t_rows] + half
+    range_rows = (size >= 2) & ~t_rows
+    low[range_rows] = summary["min"].to_numpy(dtype=np.float64)[range_rows]
+    high[range_rows] = summary["max"].to_numpy(dtype=np.float64)[range_rows]
+    low, high = np.maximum(low, bounds[0]), np.minimum(high, bounds[1])
 
-    return pd.DataFrame({"runs": runs, "missing": missing, "mean": mean, "std": std, "ci_low": ci_low,
-                         "ci_high": ci_high, "interval": interval})
+    fold_count = counts["folds"].fillna(0).to_numpy(dtype=np.int64)
+    nouns = [fold_noun] * n_groups if isinstance(fold_noun, str) else list(fold_noun)
+    interval = [interval_label(interval_kind(int(size[g])), int(size[g]), fold_count[g] >= 2, nouns[g], confidence)
+                for g in range(n_groups)]
+    return pd.DataFrame({
+        "runs": counts["runs"].fillna(0).to_numpy(dtype=np.int64), "units": size, "folds": fold_count,
+        "missing": missing, "mean": mean, "std": std, "seed_std": counts["seed_std"].to_numpy(dtype=np.float64),
+        "ci_low": low, "ci_high": high, "interval": interval})
 
 
-def summarize(values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE, seed=0) -> dict:
-    """runs, missing, mean, std, ci_low, ci_high, interval of one sample (see the module docstring)."""
+def summarize(values: Sequence[float] | np.ndarray, folds: Sequence | None = None, confidence: float = CONFIDENCE,
+              bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict:
+    """:data:`SUMMARY_COLUMNS` and ``folds`` of one sample (the module docstring); without
+    ``folds`` every value counts as its own fold (values already at the fold level)."""
     values = np.asarray(values, dtype=np.float64).ravel()
-    row = grouped_summaries(np.zeros(values.size, dtype=np.int64), values, 1, confidence, seed).iloc[0]
-    return {name: (row[name] if name == "interval" else int(row[name]) if name in ("runs", "missing")
-                   else float(row[name])) for name in SUMMARY_COLUMNS}
+    folds = np.arange(values.size) if folds is None else np.asarray(folds, dtype=object).ravel()
+    row = nested_summaries(np.zeros(values.size, dtype=np.int64), folds, values, 1, confidence, bounds).iloc[0]
+    return {name: (row[name] if name == "interval" else int(row[name]) if name in ("runs", "units", "missing", "folds")
+                   else float(row[name])) for name in [*SUMMARY_COLUMNS, "folds"]}
 
 
 def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -198,34 +208,57 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def paired_tests(differences: Sequence[float] | np.ndarray) -> dict:
-    """The paired t-test and (from :data:`WILCOXON_MIN_PAIRS` pairs) the Wilcoxon signed-rank test
-    of differences against 0, NaN differences dropped; ``test_note`` says why a test is missing."""
-    differences = np.asarray(differences, dtype=np.float64)
-    differences = differences[~np.isnan(differences)]
-    pairs = differences.size
-    result = {"t_statistic": np.nan, "t_p": np.nan, "wilcoxon_statistic": np.nan, "wilcoxon_p": np.nan}
+def _wilcoxon(differences: np.ndarray) -> tuple[float, float]:
+    with warnings.catch_warnings():
+        # Zeros or ties switch scipy to the normal approximation, which it announces.
+        warnings.simplefilter("ignore", UserWarning)
+        test = stats.wilcoxon(differences)
+    return float(test.statistic), float(test.pvalue)
+
+
+def grouped_paired_tests(units: pd.DataFrame, n_groups: int) -> pd.DataFrame:
+    """The paired t-test (from :data:`T_FROM` units) and the Wilcoxon signed-rank test (from
+    :data:`WILCOXON_MIN_UNITS`) of each group's unit differences against 0 (``units``: ``group``,
+    ``value``, as :func:`fold_units` gives them; NaN dropped): one row per group code
+    0..n_groups − 1 with :data:`TEST_COLUMNS`; ``test_note`` says why a test is missing.
+
+    The t-test is computed for all groups at once, as ``scipy.stats.ttest_1samp(d, 0)`` would:
+    t = mean / (std / √n), p = 2 · sf(|t|, n − 1).
+    """
+    units = units[units["value"].notna()]
+    summary = _unit_summaries(units, n_groups)
+    size = summary["size"].to_numpy()
+    mean, std = summary["mean"].to_numpy(dtype=np.float64), summary["std"].to_numpy(dtype=np.float64)
+    equal = (size >= 2) & (summary["min"] == summary["max"]).to_numpy()
+    tested = (size >= T_FROM) & ~equal
+    t_statistic, t_p = np.full(n_groups, np.nan), np.full(n_groups, np.nan)
+    t_statistic[tested] = mean[tested] / (std[tested] / np.sqrt(size[tested]))
+    t_p[tested] = 2 * stats.t.sf(np.abs(t_statistic[tested]), df=size[tested] - 1)
+    w_statistic, w_p = np.full(n_groups, np.nan), np.full(n_groups, np.nan)
     notes = []
-    all_equal = pairs >= 2 and bool(np.all(differences == differences[0]))
-    if pairs == 0:
-        notes.append("no pairs")
-    elif pairs == 1:
-        notes.append("1 pair")
-    elif all_equal:
-        notes.append("all differences equal: no t-test")
-    else:
-        test = stats.ttest_1samp(differences, 0.0)
-        result["t_statistic"], result["t_p"] = float(test.statistic), float(test.pvalue)
-    if 1 < pairs < WILCOXON_MIN_PAIRS:
-        notes.append(f"fewer than {WILCOXON_MIN_PAIRS} pairs for Wilcoxon")
-    elif pairs >= WILCOXON_MIN_PAIRS:
-        if np.all(differences == 0):
-            notes.append("all differences zero: no Wilcoxon")
-        else:
-            with warnings.catch_warnings():
-                # Zeros or ties switch scipy to the normal approximation, which it announces.
-                warnings.simplefilter("ignore", UserWarning)
-                test = stats.wilcoxon(differences)
-            result["wilcoxon_statistic"], result["wilcoxon_p"] = float(test.statistic), float(test.pvalue)
-    result["test_note"] = "; ".join(notes)
-    return result
+    values_of = dict(tuple(units.groupby("group")["value"])) if (size >= WILCOXON_MIN_UNITS).any() else {}
+    for group in range(n_groups):
+        count, note = int(size[group]), []
+        if count < T_FROM:
+            note.append(f"{count} unit{'s' * (count != 1)}: no test below {T_FROM}")
+        elif equal[group]:
+            note.append("all differences equal: no t-test")
+        if T_FROM <= count < WILCOXON_MIN_UNITS:
+            note.append(f"fewer than {WILCOXON_MIN_UNITS} units for Wilcoxon")
+        elif count >= WILCOXON_MIN_UNITS:
+            differences = values_of[group].to_numpy(dtype=np.float64)
+            if np.all(differences == 0):
+                note.append("all differences zero: no Wilcoxon")
+            else:
+                w_statistic[group], w_p[group] = _wilcoxon(differences)
+        notes.append("; ".join(note))
+    return pd.DataFrame({"t_statistic": t_statistic, "t_p": t_p, "wilcoxon_statistic": w_statistic,
+                         "wilcoxon_p": w_p, "test_note": notes}, columns=TEST_COLUMNS)
+
+
+def paired_tests(differences: Sequence[float] | np.ndarray) -> dict:
+    """:func:`grouped_paired_tests` of one sample of unit-level differences."""
+    differences = np.asarray(differences, dtype=np.float64).ravel()
+    row = grouped_paired_tests(pd.DataFrame({"group": np.zeros(differences.size, dtype=np.int64),
+                                             "value": differences}), 1).iloc[0]
+    return {name: (row[name] if name == "test_note" else float(row[name])) for name in TEST_COLUMNS}
