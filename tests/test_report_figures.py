@@ -49,7 +49,7 @@ INIT_R4 = {**LORA_R4, "method": "lora_init"}
 PAIRED_FIELDS = ["dataset", "protocol", "model", "targets", "rank"]
 
 
-def aggregated(configurations, keys: dict, mean=None, runs=4, seeds=2, folds=2, interval="t", half=0.1,
+def aggregated(configurations, keys: dict, mean=None, runs=4, seeds=2, folds=2, interval="range over folds", half=0.1,
                extra=None):
     """Aggregated-shaped rows: every configuration × the product of ``keys``; ``mean(row)`` gives
     the mean (default: a different number per row), the interval is mean ± ``half`` (none with
@@ -78,7 +78,7 @@ def paired_rows(configurations, keys: dict, significant=lambda row: False, pairs
         difference = 0.02 * i - 0.05
         p = 0.01 if significant(row) else 0.4
         row.update({"pairs": pairs, "mean_difference": difference, "std": 0.03, "ci_low": difference - 0.03,
-                    "ci_high": difference + 0.03, "interval": "t", "t_statistic": 1.0, "t_p": p / 2,
+                    "ci_high": difference + 0.03, "interval": "t95 over folds", "t_statistic": 1.0, "t_p": p / 2,
                     "wilcoxon_statistic": 1.0, "wilcoxon_p": 0.5, "t_p_holm": p, "wilcoxon_p_holm": 0.5,
                     "test_note": ""})
         rows.append(row)
@@ -178,7 +178,8 @@ def test_contribution_bars_errors_and_holm_stars(contribution_tables):
     cosine_total = [a for a in visible_axes(figure) if a.get_title() == "attention + MLP: LoRA − frozen"][1]
     stars = [line for line in cosine_total.get_lines() if line.get_gid() == "holm"]
     assert [int(round(x)) for line in stars for x in line.get_xdata()] == [2]
-    assert "4 runs (2 seeds × 2 folds), 95 % interval (t)" in figure._suptitle.get_text()
+    assert ("4 runs (2 seeds × 2 folds, seeds averaged within folds), band: range over fold means"
+            in figure._suptitle.get_text())
     assert "4 paired runs" in figure._suptitle.get_text()
     assert_y_contains_data(figure)
 
@@ -242,7 +243,7 @@ def test_logit_lens_one_run_has_no_band(lens_table):
     figure = logit_lens_figure(single)
     assert len(visible_axes(figure)) == 2  # the raw lens only
     assert not [b for axis in figure.axes for b in bands(axis)]
-    assert "mean over 1 run (1 seed × 1 fold), no interval (one run)" in figure._suptitle.get_text()
+    assert "mean over 1 run (1 seed × 1 fold, seeds averaged within folds), no band (one run)" in figure._suptitle.get_text()
 
 
 def test_logit_lens_reference_is_shifted_to_block_outputs(lens_table):
@@ -265,7 +266,7 @@ def test_lens_comparison_rows_per_configuration(lens_table):
 
 # -- F3 --------------------------------------------------------------------------------------------
 
-def embeddings_table(interval="t"):
+def embeddings_table(interval="range over folds"):
     keys = [("features", "silhouette_features"), ("features", "knn_accuracy"), ("features", "knn_uar"),
             ("tsne", "silhouette_map"), ("tsne", "perplexity")]
     parts = [aggregated([LORA_R4, LORA_R8], {"block": [0, 2, 5], "module": ["v_proj"], "space": [space],
@@ -677,3 +678,16 @@ def test_flat_data_get_a_readable_range_without_offset():
     assert low <= 1.0 - 2e-13 and high >= 1.0 and high - low == pytest.approx(0.1)
     assert axis.yaxis.get_major_formatter().get_useOffset() is False
     assert_y_contains_data(figure)
+
+
+def test_titles_say_what_the_band_is_over_and_that_one_fold_is_fixed_test_clips():
+    from workflow_scripts.report.figures.tables import runs_text
+
+    one_fold = aggregated([LORA_R4], {"lens": ["raw"], "layer": LAYERS, "statistic": ["agreement"]}, runs=2, seeds=2,
+                          folds=1, interval="range over seeds (1 fold)")
+    text = runs_text([one_fold])
+    assert "band: range over seeds on one fold (fixed test clips: says nothing about other speakers)" in text
+    five = aggregated([LORA_R4], {"lens": ["raw"], "layer": LAYERS, "statistic": ["agreement"]}, runs=10, seeds=2,
+                      folds=5, interval="t95 over folds")
+    assert runs_text([five]).endswith("band: 95 % t-interval over fold means")
+    assert "95 %" not in text  # a range of two seeds is never called a 95 % interval

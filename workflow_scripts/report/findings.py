@@ -1,22 +1,31 @@
 """The findings table: the paper's claims as numbers computed from this run's tables, each with
-its interval over runs. Nothing here is written by hand; every row is a function of the tables.
+its interval. Nothing here is written by hand; every row is a function of the tables.
 
-Rows (``finding``, per configuration):
+Every finding is grouped by every configuration column (dataset, protocol, model, targets, rank)
+and, where it compares methods, all but the method; every summary nests the seeds in the folds
+(:func:`workflow_scripts.report.statistics.summarize`: per fold the seeds are averaged; the
+interval is over the fold means, a range from 2 to 4 of them, and over the seeds on fixed test
+clips with one fold -- ``interval`` says which). Rows (``finding``, per configuration):
 
-* ``first layer the normed lens agrees`` (paper F2, "delayed specialisation"): per run, the first
-  residual layer whose normed-lens top-1 prediction agrees with the final decision on more than
-  half of the test clips; summarised over the runs of each configuration (mean, interval).
-  A run where no layer does counts as missing (``missing``) and is left out of the mean.
+* ``first layer the raw lens agrees`` and ``first layer the normed lens agrees`` (paper F2,
+  "delayed specialisation"): per run, the first residual layer whose lens top-1 prediction agrees
+  with the final decision on more than half of the test clips; summarised over the runs. A run
+  where no layer does counts as missing (``missing``) and is left out of the mean. The raw lens
+  (no final LayerNorm) is the paper's; the normed lens's last layer *is* the model's decision,
+  so it agrees there by construction. Layer indexing: 0 = the embeddings, L = block L's output =
+  the paper's layer L − 1 (its layers 0..31 are the blocks' outputs); ``detail`` says so.
 * ``blocks where LoRA − frozen exceeds the seed spread`` (paper F1): per LoRA configuration and
-  contribution statistic, the blocks whose paired mean difference LoRA − frozen is larger in
-  magnitude than the seed-to-seed spread of the LoRA values (the sample std across seeds, pooled
-  within folds). ``value`` is how many blocks; ``detail`` names them with their differences.
-  Without two seeds of a fold there is no spread and the row says so.
+  contribution statistic, the blocks whose paired mean difference LoRA − frozen (the paired
+  table's, over fold-level differences) is larger in magnitude than the seed-to-seed spread of the
+  LoRA values (the nested aggregate's ``seed_std``: the sample std across seeds, pooled within
+  folds). ``value`` is how many blocks; ``detail`` names them with their differences. Without two
+  seeds of a fold there is no spread and the row says so.
 * ``k90 ratio untrained / trained`` (paper F4, per quantity U, V, gU, gV): the mean k90 of the
   ``lora_random`` reference over the trained run's, over every adapted matrix, summarised over
   runs (the paper's "Ratio": 5.5, 10.4, 1.7, 0.4).
-* ``UAR LoRA − frozen``: the paired difference of test UAR over matched seeds and folds, from
-  each run's ``metrics.json``.
+* ``UAR LoRA − frozen``: the difference of test UAR between each LoRA run and the frozen run of
+  the same dataset, protocol, model, seed and fold (from each run's ``metrics.json``), per
+  dataset, protocol, model, targets and rank.
 
 Writes ``findings.csv`` (every number) and ``findings.html`` (the same as a table, for the report).
 """
@@ -34,12 +43,14 @@ from workflow_scripts.cli import entry_parser, run_main
 from workflow_scripts.errors import InputError
 from workflow_scripts.report.aggregate import CONFIGURATION
 from workflow_scripts.report.html import table_page
-from workflow_scripts.report.statistics import summarize
+from workflow_scripts.report.statistics import nested_summaries, summarize
 from workflow_scripts.report.performance import collect
 
 log = logging.getLogger(__name__)
 
 AGREEMENT_THRESHOLD = 0.5
+LAYER_INDEXING = "layer 0 = the embeddings, L = block L's output = the paper's layer L − 1"
+NORMED_AT_THE_END = "the normed lens's last layer is the model's own decision: it agrees there by construction"
 QUANTITY_NAMES = {"a_out": "U (A output)", "b_out": "V (B output)", "a_grad": "gU (A gradient)",
                   "b_grad": "gV (B gradient)"}
 PAPER_K90_RATIO = {"a_out": 5.5, "b_out": 10.4, "a_grad": 1.7, "b_grad": 0.4}
@@ -65,104 +76,110 @@ def _row(finding: str, configuration: dict, quantity: str, summary: dict, detail
             "runs": summary["runs"], "missing": summary.get("missing", 0), "detail": detail, "paper": paper}
 
 
-def first_agreeing_layer(lens: pd.DataFrame, threshold: float = AGREEMENT_THRESHOLD, seed: int = 0) -> list[dict]:
-    """Per configuration: the first layer where the normed lens agrees with the final decision on
-    more than ``threshold`` of the clips, per run, summarised over runs."""
-    _require(lens, ["run", "lens", "layer", "statistic", "value"], "logit_lens")
-    normed = lens[(lens["lens"] == "normed") & (lens["statistic"] == "agreement")]
+def first_agreeing_layer(lens: pd.DataFrame, threshold: float = AGREEMENT_THRESHOLD) -> list[dict]:
+    """Per configuration and lens (raw, normed): the first layer where the lens agrees with the
+    final decision on more than ``threshold`` of the clips, per run, summarised over runs."""
+    _require(lens, ["run", "fold", "lens", "layer", "statistic", "value"], "logit_lens")
+    agreement = lens[lens["statistic"] == "agreement"]
+    configuration_columns = _configuration(agreement)
     rows = []
-    for configuration, part in normed.groupby(_configuration(normed), sort=True, dropna=False):
-        firsts = []
-        for _, run in part.groupby("run", sort=True):
+    for key, part in agreement.groupby([*configuration_columns, "lens"], sort=True, dropna=False):
+        *configuration, lens_name = key
+        firsts, folds = [], []
+        for (_, fold), run in part.groupby(["run", "fold"], sort=True):
             above = run.loc[run["value"] > threshold, "layer"]
             firsts.append(float(above.min()) if len(above) else np.nan)
-        summary = summarize(np.array(firsts), seed=seed)
+            folds.append(fold)
+        summary = summarize(np.array(firsts), folds)
         never = int(np.isnan(firsts).sum())
         detail = f"per run: {', '.join('never' if np.isnan(v) else str(int(v)) for v in firsts)}"
-        rows.append(_row("first layer the normed lens agrees (> half the clips)",
-                         dict(zip(_configuration(normed), configuration)), "agreement", summary,
-                         detail + (f"; {never} run(s) never agree" if never else "")))
+        detail += f"; {never} run(s) never agree" if never else ""
+        detail += f"; {LAYER_INDEXING}" + (f"; {NORMED_AT_THE_END}" if lens_name == "normed" else "")
+        rows.append(_row(f"first layer the {lens_name} lens agrees (> half the clips)",
+                         dict(zip(configuration_columns, configuration)), "agreement", summary, detail))
     return rows
 
 
-def seed_spread(values: pd.DataFrame) -> float:
-    """The seed-to-seed sample std pooled within folds (NaN without two seeds in any fold)."""
-    squares, dof = 0.0, 0
-    for _, fold in values.groupby("fold"):
-        if len(fold) > 1:
-            squares += float(((fold["value"] - fold["value"].mean()) ** 2).sum())
-            dof += len(fold) - 1
-    return float(np.sqrt(squares / dof)) if dof else np.nan
+def lora_seed_spread(contribution: pd.DataFrame) -> pd.DataFrame:
+    """The LoRA runs' seed-to-seed spread per configuration, block and statistic: the pooled
+    within-fold sample std of the nested summary (``seed_std``)."""
+    by = [*CONFIGURATION, "block", "statistic"]
+    lora = contribution[contribution["method"] == "lora"]
+    if lora.empty:
+        return pd.DataFrame(columns=[*by, "seed_std"])
+    grouped = lora.groupby(by, sort=True, dropna=False)
+    keys = grouped.size().reset_index()[by]
+    summary = nested_summaries(grouped.ngroup().to_numpy(), lora["fold"].to_numpy(),
+                               lora["value"].to_numpy(dtype=float), len(keys))
+    return keys.assign(seed_std=summary["seed_std"].to_numpy())
 
 
 def contribution_beyond_spread(contribution: pd.DataFrame, paired: pd.DataFrame) -> list[dict]:
     """Per LoRA configuration and statistic: the blocks whose paired LoRA − frozen difference
-    exceeds the seed-to-seed spread of the LoRA values."""
-    _require(contribution, ["method", "seed", "fold", "block", "statistic", "value"], "contribution")
-    _require(paired, ["block", "statistic", "mean_difference", "pairs"], "paired contribution")
-    lora = contribution[contribution["method"] == "lora"]
-    keys = [c for c in _configuration(paired) if c != "method"]
+    exceeds the seed-to-seed spread of the LoRA values (the nested aggregate's ``seed_std``)."""
+    _require(contribution, ["run", *CONFIGURATION, "seed", "fold", "block", "statistic", "value"], "contribution")
+    _require(paired, [*CONFIGURATION, "block", "statistic", "mean_difference", "pairs"], "paired contribution")
+    with_spread = paired.merge(lora_seed_spread(contribution), on=[*CONFIGURATION, "block", "statistic"], how="left")
+    keys = [c for c in CONFIGURATION if c != "method"]
     rows = []
-    for configuration, part in paired.groupby(keys + ["statistic"], sort=True, dropna=False):
-        *configuration, statistic = configuration
-        where = dict(zip(keys, configuration))
-        runs = lora
-        for column, value in where.items():
-            runs = runs[runs[column] == value]
-        runs = runs[runs["statistic"] == statistic]
-        exceeding, spreads = [], []
-        for _, block in part.sort_values("block").iterrows():
-            spread = seed_spread(runs[runs["block"] == block["block"]])
-            spreads.append(spread)
-            if np.isfinite(spread) and abs(block["mean_difference"]) > spread:
-                exceeding.append(f"{int(block['block'])} ({block['mean_difference']:+.3f} vs {spread:.3f})")
-        pairs = int(part["pairs"].max()) if len(part) else 0
+    for key, part in with_spread.groupby([*keys, "statistic"], sort=True, dropna=False):
+        *configuration, statistic = key
+        part = part.sort_values("block")
+        spreads = part["seed_std"].to_numpy(dtype=float)
+        exceeding = [f"{int(block)} ({difference:+.3f} vs {spread_:.3f})" for block, difference, spread_
+                     in zip(part["block"], part["mean_difference"], spreads)
+                     if np.isfinite(spread_) and abs(difference) > spread_]
         if not np.isfinite(spreads).any():
             detail, count = "no spread: fewer than two seeds in every fold", np.nan
         else:
             detail, count = ("blocks " + ", ".join(exceeding)) if exceeding else "no block", float(len(exceeding))
-        summary = {"mean": count, "ci_low": np.nan, "ci_high": np.nan, "interval": "none", "runs": pairs}
-        rows.append(_row("blocks where LoRA − frozen exceeds the seed spread", {**where, "method": "lora"},
-                         statistic, summary, detail))
+        summary = {"mean": count, "ci_low": np.nan, "ci_high": np.nan, "interval": "none",
+                   "runs": int(part["pairs"].max()) if len(part) else 0}
+        rows.append(_row("blocks where LoRA − frozen exceeds the seed spread",
+                         {**dict(zip(keys, configuration)), "method": "lora"}, statistic, summary, detail))
     return rows
 
 
-def k90_ratios(spectra_comparison: pd.DataFrame, seed: int = 0) -> list[dict]:
+def k90_ratios(spectra_comparison: pd.DataFrame) -> list[dict]:
     """Per trained configuration and quantity: lora_random's mean k90 over the trained run's."""
-    _require(spectra_comparison, ["run", "label", "quantity", "module", "statistic", "value"], "spectra_comparison")
+    _require(spectra_comparison, ["run", "fold", "label", "quantity", "module", "statistic", "value"],
+             "spectra_comparison")
     ratios = spectra_comparison[(spectra_comparison["label"] == "lora_random")
                                 & (spectra_comparison["module"] == "all")
                                 & (spectra_comparison["statistic"] == "ratio_mean_k90")]
     rows = []
     for configuration, part in ratios.groupby(_configuration(ratios) + ["quantity"], sort=True, dropna=False):
         *configuration, quantity = configuration
-        summary = summarize(part.sort_values("run")["value"].to_numpy(dtype=float), seed=seed)
+        part = part.sort_values("run")
+        summary = summarize(part["value"].to_numpy(dtype=float), part["fold"].to_numpy())
         rows.append(_row("k90 ratio untrained / trained", dict(zip(_configuration(ratios), configuration)),
                          QUANTITY_NAMES.get(quantity, quantity), summary, paper=PAPER_K90_RATIO.get(quantity, "")))
     return rows
 
 
-def uar_difference(performance_runs: pd.DataFrame, seed: int = 0) -> list[dict]:
-    """Per LoRA configuration: test UAR LoRA − frozen over matched seeds and folds."""
+def uar_difference(performance_runs: pd.DataFrame) -> list[dict]:
+    """Per LoRA configuration (dataset, protocol, model, targets, rank): test UAR LoRA − frozen
+    over runs matched on seed and fold, seeds nested in folds."""
     _require(performance_runs, [*MATCH, "method", "targets", "rank", "uar"], "performance runs")
     lora = performance_runs[performance_runs["method"] == "lora"]
     frozen = performance_runs[performance_runs["method"] == "frozen"][[*MATCH, "uar"]]
+    keys = [c for c in CONFIGURATION if c != "method"]
     rows = []
-    for (targets, rank), part in lora.groupby(["targets", "rank"], sort=True):
+    for key, part in lora.groupby(keys, sort=True):
         matched = part.merge(frozen, on=MATCH, suffixes=("", "_frozen"))
         if matched.empty:
             continue
         differences = (matched["uar"] - matched["uar_frozen"]).to_numpy(dtype=float)
-        configuration = {c: part[c].iloc[0] for c in CONFIGURATION}
-        rows.append(_row("UAR LoRA − frozen", configuration, "uar", summarize(differences, seed=seed),
-                         f"{len(matched)} matched seed × fold pairs"))
+        configuration = {**dict(zip(keys, key)), "method": "lora"}
+        rows.append(_row("UAR LoRA − frozen", configuration, "uar", summarize(differences, matched["fold"].to_numpy()),
+                         f"{len(matched)} matched seed × fold pairs over {matched['fold'].nunique()} fold(s)"))
     return rows
 
 
 def findings_table(lens: pd.DataFrame, contribution: pd.DataFrame, paired_contribution: pd.DataFrame,
-                   spectra_comparison: pd.DataFrame, performance_runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    rows = (first_agreeing_layer(lens, seed=seed) + contribution_beyond_spread(contribution, paired_contribution)
-            + k90_ratios(spectra_comparison, seed=seed) + uar_difference(performance_runs, seed=seed))
+                   spectra_comparison: pd.DataFrame, performance_runs: pd.DataFrame) -> pd.DataFrame:
+    rows = (first_agreeing_layer(lens) + contribution_beyond_spread(contribution, paired_contribution)
+            + k90_ratios(spectra_comparison) + uar_difference(performance_runs))
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
 
 
@@ -174,17 +191,19 @@ def _number(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-SHOWN = ["finding", "method", "targets", "rank", "quantity", "value", "ci_low", "ci_high", "interval", "runs",
-         "missing", "paper", "detail"]
+SHOWN = ["finding", "dataset", "protocol", "model", "method", "targets", "rank", "quantity", "value", "ci_low",
+         "ci_high", "interval", "runs", "missing", "paper", "detail"]
 
 
 def findings_html(table: pd.DataFrame) -> str:
     """The table as one HTML page (the report embeds it)."""
     rows = [[_number(row[c]) for c in SHOWN] for _, row in table.iterrows()]
     return table_page("loralens findings", SHOWN, rows,
-                      "value: the mean over runs (for the seed-spread finding, the number of blocks); "
-                      "ci_low, ci_high: its 95 % interval (interval: t over runs, bootstrap under 5 runs, "
-                      "none for one); paper: the paper's number where it has one.")
+                      "value: the mean over runs, each fold's seeds averaged first (for the seed-spread "
+                      "finding, the number of blocks); ci_low, ci_high: the interval that `interval` names: "
+                      "a 95 % t-interval over 5 or more fold means, the range of 2-4 fold means, and with one "
+                      "fold the same over its seeds (fixed test clips: nothing about other speakers); "
+                      "none for one run; paper: the paper's number where it has one.")
 
 
 def read_runs(paths: list[str], what: str) -> pd.DataFrame:
@@ -206,7 +225,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paired-contribution", required=True, help="the paired LoRA − frozen contribution table")
     parser.add_argument("--spectra-comparison", nargs="+", required=True, help="per-run spectra_comparison tables")
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every run")
-    parser.add_argument("--seed", type=int, default=0, help="of the bootstrap intervals")
     parser.add_argument("--out", required=True, help="findings.csv; findings.html goes beside it")
     args = parser.parse_args(argv)
 
@@ -215,9 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     table = findings_table(read_runs(args.logit_lens, "logit_lens"), read_runs(args.contribution, "contribution"),
                            read_runs([args.paired_contribution], "paired contribution"),
                            read_runs(args.spectra_comparison, "spectra_comparison"),
-                           collect(args.metrics), seed=args.seed)
+                           collect(args.metrics))
     out = Path(args.out)
-    write_table(out, table, provenance=provenance("findings", {"seed": args.seed}))
+    write_table(out, table, provenance=provenance("findings", {"agreement_threshold": AGREEMENT_THRESHOLD}))
     with atomic_path(out.with_suffix(".html")) as tmp:
         Path(tmp).write_text(findings_html(table))
     log.info("wrote %s (%d findings)", out, len(table))

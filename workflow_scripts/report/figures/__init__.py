@@ -3,9 +3,10 @@
 Every figure reads the tables that ``workflow_scripts.report.aggregate`` writes: per analysis, one
 row per configuration (dataset, protocol, model, method, targets, rank) and the analysis's keys,
 with ``runs``, ``seeds``, ``folds``, ``mean``, ``std``, ``ci_low``, ``ci_high`` and ``interval``
-("t", "bootstrap" or "none"); and, for contribution, logit_lens, probes and erasure, the paired
+(what the band is and what it is over: "t95 over folds", "range over seeds (1 fold)", "none", ...:
+workflow_scripts.report.statistics); and, for contribution, logit_lens, probes and erasure, the paired
 LoRA − frozen tables (``pairs``, ``mean_difference``, ``ci_low``, ``ci_high``, ``t_p_holm`` ...).
-Means are lines or bars; the 95 % intervals are bands or error bars, drawn only where the table
+Means are lines or bars; the intervals (or ranges) are bands or error bars, drawn only where the table
 has one (one run gives none). Each title says the configurations and how many runs the means are
 over, from the tables' own ``runs``/``seeds``/``folds``/``interval`` columns. No y-limit is
 fixed: every axis scales to what it shows.

@@ -10,6 +10,7 @@ import pandas as pd
 
 from workflow_scripts.errors import InputError
 from workflow_scripts.figure_style import MODULES
+from workflow_scripts.report.statistics import ONE_FOLD
 
 CONFIGURATION = ("dataset", "protocol", "model", "method", "targets", "rank")
 PAIRED_CONFIGURATION = ("dataset", "protocol", "model", "targets", "rank")
@@ -146,11 +147,24 @@ def _span(values: pd.Series, noun: str) -> str:
     return f"{count} {noun}{'' if high == 1 else 's'}"
 
 
+def _interval_description(kind: str) -> str:
+    """An ``interval`` label as words: ``t95 over folds`` -> ``95 % t-interval over fold means``."""
+    name, _, over = kind.partition(" over ")
+    over = {"folds": "fold means", "fold pairs": "fold-pair means", ONE_FOLD: "seeds on one fold"}.get(over, over)
+    if name.startswith("t") and name[1:].isdigit():
+        return f"{name[1:]} % t-interval over {over}"
+    return f"{name} over {over}"
+
+
 def _interval_text(intervals: pd.Series) -> str:
+    """What the bands are, from the tables' ``interval`` labels; with one fold, that the spread is
+    over seeds on fixed test clips."""
     kinds = sorted(set(intervals.dropna().astype(str)) - {"none"})
     if not kinds:
-        return "no interval (one run)"
-    text = f"95 % interval ({' and '.join(kinds)})"
+        return "no band (one run)"
+    text = "band: " + " and ".join(_interval_description(kind) for kind in kinds)
+    if any(kind.endswith(ONE_FOLD) for kind in kinds):
+        text += " (fixed test clips: says nothing about other speakers)"
     if (intervals.astype(str) == "none").any():
         text += ", none where one run"
     return text
@@ -162,24 +176,26 @@ def _summary_rows(tables, count: str) -> pd.DataFrame:
 
 
 def count_text(tables, count: str = "runs", noun: str = "run") -> str:
-    """"mean over N runs (S seeds × F folds)" from the tables' own columns."""
+    """"mean over N runs (S seeds × F folds, seeds averaged within folds)" from the tables' own columns."""
     rows = _summary_rows(tables, count)
     text = f"mean over {_span(rows[count], noun)}"
     if rows["seeds"].notna().any() and rows["folds"].notna().any():
-        text += f" ({_span(rows['seeds'], 'seed')} × {_span(rows['folds'], 'fold')})"
+        text += f" ({_span(rows['seeds'], 'seed')} × {_span(rows['folds'], 'fold')}, seeds averaged within folds)"
     elif noun == "run":
         text += " (seeds × folds)"
     return text
 
 
 def runs_text(tables, count: str = "runs", noun: str = "run") -> str:
-    """"mean over N runs (S seeds × F folds), 95 % interval (t)" from the tables' own columns."""
+    """"mean over N runs (S seeds × F folds, ...), band: 95 % t-interval over fold means" from the
+    tables' own columns."""
     return f"{count_text(tables, count, noun)}, {_interval_text(_summary_rows(tables, count)['interval'])}"
 
 
 def paired_text(paired: pd.DataFrame) -> str:
     """The paired table's line of a title: pairs, interval, the star's meaning."""
-    return (f"LoRA − frozen: mean over {_span(paired['pairs'], 'paired run')} (same seed and fold), "
+    return (f"LoRA − frozen: mean over {_span(paired['pairs'], 'paired run')} (same seed and fold; "
+            "per fold the seeds' differences averaged, tests over folds), "
             f"{_interval_text(paired['interval'])}; ★ {HOLM_LABEL}")
 
 
