@@ -159,8 +159,8 @@ def read_reference(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(f"the paper's values: {path} does not exist")
     try:
-        table = pd.read_csv(path, dtype={"figure": str, "panel": str, "series": str, "statistic": str, "source": str},
-                            keep_default_na=False, na_values={"layer": [""], "value": [""]})
+        # Every cell as its text (an error quotes the file), numbers converted once the rows pass.
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as error:  # pandas raises several types for an unreadable file
         raise InputError(f"the paper's values: {path} is not a readable CSV table ({error})") from error
     return check_reference(table, str(path), lines=True)
