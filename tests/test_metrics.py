@@ -42,7 +42,8 @@ def test_agrees_with_scikit_learn(seed):
 def test_class_never_seen_or_predicted():
     matrix = confusion_matrix([0, 0, 1], [0, 1, 1], 3)
     assert uar(matrix) == pytest.approx(0.75)  # class 2 has no examples: not averaged in
-    assert macro_f1(matrix) == pytest.approx((2 / 3 + 2 / 3) / 2)  # class 2 never true nor predicted: left out
+    # class 2 is neither true nor predicted: left out of the mean, as sklearn does
+    assert macro_f1(matrix) == pytest.approx((2 / 3 + 2 / 3) / 2)
     report = classification_report([0, 0, 1], [0, 1, 1], ["a", "b", "c"])
     assert report["per_class_recall"] == {"a": 0.5, "b": 1.0, "c": None}
     assert report["n"] == 3
