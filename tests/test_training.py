@@ -324,3 +324,36 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(dataset, tmp_path
     assert resumed["test"] == whole["test"] and resumed["val"] == whole["val"]
     assert resumed["best_epoch"] == whole["best_epoch"]
     assert not (tmp_path / "killed" / ".resume").exists()  # cleaned up on success
+
+
+def test_reported_scores_are_float32_and_agree_with_the_acts_store(dataset, tmp_path, monkeypatch):
+    """On a GPU training and per-epoch scoring run under bf16 autocast; here CPU bf16 autocast
+    stands in for it. The final scores must still be float32, as the acts store is captured, so
+    that metrics.json, predictions.parquet and the store's logits give one number per run."""
+    from toy_runs import toy_config, toy_run
+
+    from workflow_scripts.capture.run import capture_store
+    from workflow_scripts.capture.settings import capture_settings
+    from workflow_scripts.capture.store import CaptureStore
+    from workflow_scripts.metrics import classification_report
+    from workflow_scripts.train import loop
+
+    def cpu_bf16_autocast(device, enabled=True):
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=enabled)
+
+    monkeypatch.setattr(loop, "autocast", cpu_bf16_autocast)
+    out = tmp_path / "run"
+    metrics = train_run(dataset, out, epochs=1)
+    capture_store("acts", toy_run(), capture_settings(toy_config(), "toy", "acts"), dataset / "tiny",
+                  out / "weights", dataset / "logmel80.zarr", dataset / "manifest.parquet",
+                  dataset / "folds.parquet", tmp_path / "acts.zarr")
+    store = CaptureStore(tmp_path / "acts.zarr", "acts")
+    predictions = pd.read_parquet(out / "predictions.parquet").query("split == 'test'")
+    position = {u: i for i, u in enumerate(store.utt_ids)}
+    stored = store.logits()[[position[u] for u in predictions["utt_id"]]]
+    # bf16 logits differ from float32 ones by about 1e-2; float32 ones agree to rounding.
+    np.testing.assert_allclose(np.stack(predictions["logits"]), stored, atol=1e-5)
+    labels = np.array([CLASSES.index(c) for c in predictions["label"]])
+    from_store = classification_report(labels, stored.argmax(1), CLASSES)
+    assert metrics["test"] == from_store
+    assert json.loads((out / "metrics.json").read_text())["test"] == from_store

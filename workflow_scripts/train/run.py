@@ -153,11 +153,15 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
         classifier.to(device)
         state = TrainingState()
 
-    test_report, test_logits = evaluate(classifier, splits["test"], classes, settings, device)
+    # The reported scores in float32 (no autocast), as the activation stores are captured: the
+    # run's metrics.json, its acts store's logits and the probes' head row agree.
+    test_report, test_logits = evaluate(classifier, splits["test"], classes, settings, device,
+                                        mixed_precision=False)
     tables = [predictions_table("test", splits["test"], test_logits, classes)]
     val_report = None  # a split the model trained on has no held-out score
     if "val" not in trained_on:
-        val_report, val_logits = evaluate(classifier, splits["val"], classes, settings, device)
+        val_report, val_logits = evaluate(classifier, splits["val"], classes, settings, device,
+                                          mixed_precision=False)
         tables.insert(0, predictions_table("val", splits["val"], val_logits, classes))
     classifier.to("cpu")
     record = provenance("train", settings, run=run.id)
