@@ -49,6 +49,7 @@ def test_lora_run_writes_every_output(lora_run, dataset):
     assert metrics["trained_on"] == ["train"] and metrics["n_train"] == split_sizes(dataset)["train"] == 64
     assert 1 <= metrics["best_epoch"] <= 3 and metrics["test"]["n"] == 16
     assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"]
+    assert (metrics["lora_alpha"], metrics["lora_alpha_policy"]) == (8.0, "ratio")  # 2 x rank 4
     assert metrics["provenance"]["settings"]["lr"] == 3e-3 and metrics["wall_seconds"] > 0
     history = pd.read_csv(out / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
@@ -130,6 +131,7 @@ def test_frozen_trains_only_the_head(dataset, tmp_path):
     assert (tmp_path / "frozen" / "weights" / "head.safetensors").is_file()
     model = load_trained(tmp_path / "frozen" / "weights", dataset / "tiny", CLASSES, "frozen")
     assert model.classifier.out_features == 4
+    assert metrics["lora_alpha"] is None and metrics["lora_alpha_policy"] is None
 
 
 def test_full_fine_tuning_trains_every_weight_but_the_fixed_positions(dataset, tmp_path):
@@ -139,6 +141,14 @@ def test_full_fine_tuning_trains_every_weight_but_the_fixed_positions(dataset, t
     assert (tmp_path / "full" / "weights" / "model.safetensors").is_file()
     model = load_trained(tmp_path / "full" / "weights", dataset / "tiny", CLASSES, "full")
     assert model.config.id2label[2] == "angry"
+
+
+def test_a_fixed_alpha_is_built_and_recorded(dataset, tmp_path):
+    lora = {"alpha_policy": "fixed", "alpha": 64.0}
+    metrics = train_run(dataset, tmp_path / "fixed", method="lora_init", rank=4, lora=lora)
+    assert (metrics["lora_alpha"], metrics["lora_alpha_policy"]) == (64.0, "fixed")
+    adapter = json.loads((tmp_path / "fixed" / "weights" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (4, 64.0)  # scaling 16, not 2
 
 
 def test_class_weights_known_answer():
