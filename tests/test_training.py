@@ -367,3 +367,11 @@ def test_reported_scores_are_float32_and_agree_with_the_acts_store(dataset, tmp_
     from_store = classification_report(labels, stored.argmax(1), CLASSES)
     assert metrics["test"] == from_store
     assert json.loads((out / "metrics.json").read_text())["test"] == from_store
+    # The probes' head row is read from the same store's logits: the same numbers again.
+    from workflow_scripts.analyses.probes import head_table
+
+    utterances = store.utterances()
+    head = head_table(store.logits(), utterances["label"].to_numpy(), utterances["split"].to_numpy(),
+                      store.classes, store.n_layers).set_index("statistic")["value"]
+    assert {name: head[name] for name in ("uar", "war", "macro_f1")} == {
+        name: metrics["test"][name] for name in ("uar", "war", "macro_f1")}
