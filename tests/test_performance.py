@@ -34,15 +34,18 @@ def write_metrics(folder, method, seed, fold, uar, war, f1, rank=8, targets="v_p
 LORA_UAR = {(0, 1): 0.70, (1, 1): 0.74, (0, 2): 0.76, (1, 2): 0.80, (0, 3): 0.66, (1, 3): 0.72}
 
 
+FULL_UAR = (0.93, 0.99, 0.97, 0.99, 0.99)
+
+
 @pytest.fixture
 def paths(tmp_path):
     paths = [write_metrics(tmp_path, "lora", seed, fold, uar, uar - 0.01, uar - 0.02)
              for (seed, fold), uar in LORA_UAR.items()]
     paths.append(write_metrics(tmp_path, "frozen", 0, 1, 0.6, 0.6, 0.6, rank=0, targets="none",
                                selected_on_test=True))
-    # Two folds near the top of the range: the t-interval (df 1) would reach past 1.
+    # Five folds near the top of the range: the t-interval (df 4) would reach past 1.
     paths += [write_metrics(tmp_path, "full", 0, fold, uar, uar - 0.01, uar - 0.02, rank=0, targets="none",
-                            selected_on_test=True, select_metric="war") for fold, uar in [(1, 0.95), (2, 0.99)]]
+                            selected_on_test=True, select_metric="war") for fold, uar in enumerate(FULL_UAR, 1)]
     return paths
 
 
@@ -53,8 +56,9 @@ def test_interval_over_fold_means_with_seeds_nested(paths):
     assert lora["uar_mean"] == pytest.approx(0.73)
     assert lora["uar_std"] == pytest.approx(np.sqrt(0.0042 / 2))  # over the 3 fold means, not the 6 runs
     assert lora["uar_std_ddof0"] == pytest.approx(np.sqrt(0.0042 / 3))
-    half = 4.302652729911275 * np.sqrt(0.0042 / 2) / np.sqrt(3)  # t(0.975, df = 3 folds - 1)
-    assert (lora["uar_ci_low"], lora["uar_ci_high"]) == pytest.approx((0.73 - half, 0.73 + half))
+    # 3 fold means: their range, called a range (a 95 % interval needs 5 folds)
+    assert (lora["uar_ci_low"], lora["uar_ci_high"]) == pytest.approx((0.69, 0.78))
+    assert lora["uar_interval"] == "range over folds" and lora["units"] == 3
     assert lora["uar_seed_std"] == pytest.approx(np.sqrt((0.0008 + 0.0008 + 0.0018) / 3))
     assert lora["war_mean"] == pytest.approx(0.72)
     assert table.loc["frozen", "selected_on_test"]
@@ -62,8 +66,10 @@ def test_interval_over_fold_means_with_seeds_nested(paths):
 
 def test_interval_is_clipped_to_the_metric_range(paths):
     full = performance_table(collect(paths)).set_index("method").loc["full"]
-    half = 12.706204736174705 * 0.02  # t(0.975, df=1) * std / sqrt(2), std = .04 / sqrt(2)
-    assert (full["uar_ci_low"], full["uar_ci_high"]) == pytest.approx((0.97 - half, 1.0))
+    half = 2.7764451051977987 * np.std(FULL_UAR, ddof=1) / np.sqrt(5)  # t(0.975, df = 5 folds - 1)
+    assert np.mean(FULL_UAR) + half > 1
+    assert (full["uar_ci_low"], full["uar_ci_high"]) == pytest.approx((np.mean(FULL_UAR) - half, 1.0))
+    assert full["uar_interval"] == "t95 over folds"
 
 
 def test_one_fold_and_one_seed_have_no_spread(paths):
@@ -85,14 +91,14 @@ def test_runs_selected_on_different_metrics_are_not_pooled(tmp_path):
 
 def test_markdown_is_shaped_like_the_papers_table(paths):
     text = markdown(performance_table(collect(paths)))
-    assert ("| method | targets | rank | trainable params | runs (seeds × folds) | folds in CI | UAR | WAR | macro-F1 "
-            "| UAR seed std |") in text
-    assert ("| iemocap | loso_session | large-v2 | lora | v_proj | 8 | 1,000 | 6 (2 × 3) | 3 "
-            "| 0.730 ± 0.046 [0.616, 0.844] | 0.720 ± 0.046 [0.606, 0.834] | 0.710 ± 0.046 [0.596, 0.824] "
-            "| 0.034 |") in text
-    assert "| frozen (selected on test) |  |  | 1,000 | 1 (1 × 1) | 1 | 0.600 ± — [—, —] |" in text
+    assert ("| method | targets | rank | trainable params | runs (seeds × folds) | interval over | UAR | WAR "
+            "| macro-F1 | UAR seed std |") in text
+    assert ("| iemocap | loso_session | large-v2 | lora | v_proj | 8 | 1,000 | 6 (2 × 3) | range over folds (3) "
+            "| 0.730 ± 0.046 (range 0.690–0.780) | 0.720 ± 0.046 (range 0.680–0.770) "
+            "| 0.710 ± 0.046 (range 0.670–0.760) | 0.034 |") in text
+    assert "| frozen (selected on test) |  |  | 1,000 | 1 (1 × 1) | none (1) | 0.600 ± — [—, —] |" in text
     assert text.count("| — |") == 2  # the seed std of the one-seed rows
-    assert "| full (selected on test by WAR) |  |  | 1,000 | 2 (1 × 2) | 2 | 0.970 ± 0.028 [0.716, 1.000] |" in text
+    assert "| full (selected on test by WAR) |  |  | 1,000 | 5 (1 × 5) | t95 over folds (5) | 0.974 ± 0.026 [0.942, 1.000] |" in text
     assert "nan" not in text.lower()
     assert "clipped to [0, 1]" in text
 
@@ -180,7 +186,7 @@ def test_paper_reference_puts_the_population_std_beside_the_papers_values(paths,
     assert "| UAR seed std | UAR std (ddof 0) | WAR std (ddof 0) |" in text
     # lora: fold means .72 .78 .69 (UAR) and .71 .77 .68 (WAR): ddof-0 std sqrt(.0042 / 3) = .037;
     # the one-fold frozen run has a population std of 0.
-    assert "| 0.730 ± 0.046 [0.616, 0.844] | 0.720 ± 0.046 [0.606, 0.834] |" in text
+    assert "| 0.730 ± 0.046 (range 0.690–0.780) | 0.720 ± 0.046 (range 0.680–0.770) |" in text
     assert "| 0.034 | 0.037 | 0.037 |" in text
     assert "| — | 0.000 | 0.000 |" in text
     assert "UAR std (ddof 0)" in (tmp_path / "p.html").read_text()

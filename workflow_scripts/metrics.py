@@ -1,4 +1,4 @@
-"""Classification metrics and their summaries across folds and seeds (pure numpy, no models).
+"""Classification metrics of one set of predictions (pure numpy, no models).
 
 * WAR (weighted average recall) = accuracy = sum_c TP_c / N.
 * UAR (unweighted average recall) = mean over classes of TP_c / N_c (balanced accuracy); the
@@ -7,14 +7,13 @@
   predicted labels (sklearn's ``f1_score(average="macro")``): a class that is neither true nor
   predicted is left out, one that is predicted but never true scores 0 (``zero_division=0``).
 
-Across runs, :func:`summarize_over_folds` treats the folds as the independent samples and the
-seeds as repeated measurements within a fold (see there).
+Across runs, :mod:`workflow_scripts.report.statistics` summarises these with the seeds nested in
+the folds (the performance table, the findings, every aggregated analysis table).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
@@ -66,53 +65,3 @@ def classification_report(labels, predictions, classes: list[str]) -> dict:
         "confusion_matrix": matrix.tolist(),
         "n": int(matrix.sum()),
     }
-
-
-def summarize(values, confidence: float = 0.95, bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict:
-    """Mean, sample std (ddof 1), population std (ddof 0, as the paper's np.std) and a t-interval.
-
-    The t-interval of the mean (df = n - 1) is clipped to ``bounds``, the range the values can
-    take: a metric in [0, 1] gets no interval end outside it. With ``n < 2`` the sample std and
-    the interval are NaN (the population std is 0).
-    """
-    values = np.asarray(values, dtype=float)
-    n = values.size
-    mean = float(values.mean())
-    if n < 2:
-        return {"n": n, "mean": mean, "std": float("nan"), "std_ddof0": 0.0, "ci_low": float("nan"),
-                "ci_high": float("nan")}
-    sem = values.std(ddof=1) / np.sqrt(n)
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1) * sem)
-    low, high = bounds
-    return {"n": n, "mean": mean, "std": float(values.std(ddof=1)), "std_ddof0": float(values.std(ddof=0)),
-            "ci_low": float(max(mean - half, low)), "ci_high": float(min(mean + half, high))}
-
-
-def summarize_over_folds(values, folds, confidence: float = 0.95,
-                         bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict:
-    """Summarize runs of one configuration over folds, with the seeds nested in the folds.
-
-    Runs that share a test fold share their test data, so their seeds are not independent
-    samples: pooling fold × seed runs would narrow the interval as seeds are added. Instead:
-
-    * each fold's seeds are averaged into a fold mean; ``mean``, ``std`` (ddof 1), ``std_ddof0``
-      and the t-interval (df = folds - 1, clipped to ``bounds``) are :func:`summarize` of the fold
-      means, every fold weighted equally; ``n`` is the number of folds;
-    * ``seed_std`` is the seed-to-seed spread, the pooled within-fold sample std:
-      ``sqrt(sum_f (k_f - 1) s_f^2 / sum_f (k_f - 1))`` with ``k_f`` seeds and within-fold sample
-      variance ``s_f^2`` in fold ``f``; with the same seeds in every fold that is
-      ``sqrt(mean over folds of s_f^2)``. NaN when no fold has two seeds.
-    """
-    values = np.asarray(values, dtype=float)
-    folds = np.asarray(folds)
-    if values.shape != folds.shape:
-        raise ValueError(f"{values.size} values but {folds.size} fold labels")
-    fold_means, squares, degrees = [], 0.0, 0
-    for fold in np.unique(folds):
-        in_fold = values[folds == fold]
-        fold_means.append(in_fold.mean())
-        squares += float(((in_fold - in_fold.mean()) ** 2).sum())
-        degrees += in_fold.size - 1
-    summary = summarize(fold_means, confidence, bounds)
-    summary["seed_std"] = float(np.sqrt(squares / degrees)) if degrees > 0 else float("nan")
-    return summary

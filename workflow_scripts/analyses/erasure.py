@@ -13,8 +13,8 @@ evaluates it), in this order:
 
 Cost: 4L+1 passes (2L+1 without LoRA; the issue's "3L+1" undercounts). ``skip_first`` 1
 repeats ``skip_block`` 0, and ``lora_off_from`` L−1 repeats ``lora_off`` L−1; both are kept so
-that every series is whole. Float32 throughout, as the capture (training's evaluation uses bf16
-autocast on a GPU, so there the baseline may differ slightly from the run's metrics). Nothing
+that every series is whole. Float32 throughout, as the capture and the run's final scores
+(``metrics.json``), so the baseline condition reproduces the run's test metrics. Nothing
 in eval mode is random; the hooks that erase are removed after each pass, also when it fails.
 
 Per condition, over the n test clips with p = softmax(logits) in float64 and y the true class:

@@ -2,15 +2,14 @@
 
 One row per (dataset, protocol, model, method, targets, rank) and selection metric. Folds are
 the independent samples; seeds are repeated runs on the same fold, so the seeds of each fold are
-averaged first (:func:`workflow_scripts.metrics.summarize_over_folds`). Per metric the table has
-the mean, the sample standard deviation and a 95 % t-interval of the mean over the fold means
-(df = folds - 1; the population std, ``np.std`` as the original printed, is in the CSV too),
-and the seed-to-seed spread (the pooled within-fold sample std across seeds).
-
-One rule for the interval, whatever the number of folds: the t-interval of the fold means,
-clipped to the metrics' range [0, 1]. With 2 or 3 folds it is wide, honestly so (a bootstrap over
-so few folds would not mean anything); with one fold there is none, and the markdown prints "—"
-for every quantity that needs two folds (or two seeds).
+averaged first, by the report's one rule (:func:`workflow_scripts.report.statistics.summarize`).
+Per metric the table has the mean of the fold means, their sample standard deviation (and the
+population std, ``np.std`` as the original printed), the seed-to-seed spread (the pooled
+within-fold sample std across seeds) and the interval over the fold means: a 95 % t-interval
+(df = folds − 1, clipped to the metrics' range [0, 1]) from 5 folds on, the range of 2-4 fold
+means (a range, not a confidence interval), and with one fold the same over its seeds, on fixed
+test clips; ``{metric}_interval`` names which. The markdown prints "—" for every quantity that
+needs two folds (or two seeds).
 
 Runs whose best epoch was picked on the test fold (``legacy``) are marked, since their numbers
 are optimistic, and so is a selection on a metric other than UAR (``select_metric`` in
@@ -30,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +38,7 @@ from workflow_scripts.analyses.registry import CONFIGURATION as ANALYSIS_CONFIGU
 from workflow_scripts.atomic import atomic_path, write_table
 from workflow_scripts.cli import entry_parser, run_main
 from workflow_scripts.errors import InputError
-from workflow_scripts.metrics import summarize_over_folds
+from workflow_scripts.report.statistics import summarize
 from workflow_scripts.report.html import table_page
 from workflow_scripts.report.performance_header import alpha_line, paper_line
 
@@ -50,6 +50,7 @@ METRIC_RANGE = (0.0, 1.0)  # every metric in METRICS is a proportion
 DEFAULT_SELECT_METRIC = "uar"  # what runs recorded before metrics.json carried select_metric used
 NOT_ESTIMABLE = "—"
 NO_SELECTION = "none"  # select_metric of the untrained references, which select no epoch
+SUMMARY = ("mean", "std", "seed_std", "ci_low", "ci_high", "interval")  # per metric, from the nested summary
 
 
 def collect(paths: list[str]) -> pd.DataFrame:
@@ -77,7 +78,8 @@ def collect(paths: list[str]) -> pd.DataFrame:
 
 def performance_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration and selection metric; per metric ``{metric}_{mean, std, std_ddof0,
-    ci_low, ci_high, seed_std}`` from :func:`summarize_over_folds` (the interval clipped to [0, 1])."""
+    seed_std, ci_low, ci_high, interval}`` of the nested summary (the interval clipped to [0, 1]);
+    ``std_ddof0`` is the population std of the same units as ``std`` (0 with one)."""
     rows = []
     for key, group in runs.groupby(CONFIGURATION + ["select_metric"], sort=True):
         row = dict(zip(CONFIGURATION + ["select_metric"], key))
@@ -85,8 +87,12 @@ def performance_table(runs: pd.DataFrame) -> pd.DataFrame:
                     "trainable_parameters": int(group["trainable_parameters"].iloc[0]),
                     "selected_on_test": bool(group["selected_on_test"].any())})
         for metric in METRICS:
-            summary = summarize_over_folds(group[metric], group["fold"], bounds=METRIC_RANGE)
-            row.update({f"{metric}_{k}": v for k, v in summary.items() if k != "n"})
+            summary = summarize(group[metric].to_numpy(dtype=float), group["fold"].to_numpy(), bounds=METRIC_RANGE)
+            units = summary["units"]
+            std_ddof0 = summary["std"] * math.sqrt((units - 1) / units) if units >= 2 else 0.0
+            row.update({f"{metric}_{k}": summary[k] for k in SUMMARY})
+            row[f"{metric}_std_ddof0"] = std_ddof0
+        row["units"] = summary["units"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -96,8 +102,12 @@ def _number(value: float) -> str:
 
 
 def _cell(row: pd.Series, metric: str) -> str:
+    """``mean ± std [t-interval]``, or ``mean ± std (range low–high)`` for 2-4 units."""
     low, high = (_number(row[f"{metric}_ci_{end}"]) for end in ("low", "high"))
-    return f"{row[f'{metric}_mean']:.3f} ± {_number(row[f'{metric}_std'])} [{low}, {high}]"
+    spread = f"{row[f'{metric}_mean']:.3f} ± {_number(row[f'{metric}_std'])}"
+    if str(row[f"{metric}_interval"]).startswith("range"):
+        return f"{spread} (range {low}–{high})"
+    return f"{spread} [{low}, {high}]"
 
 
 def _method(row: pd.Series) -> str:
@@ -111,13 +121,15 @@ def _method(row: pd.Series) -> str:
 
 
 COLUMNS = ["dataset", "protocol", "model", "method", "targets", "rank", "trainable params", "runs (seeds × folds)",
-           "folds in CI", *METRICS.values(), "UAR seed std"]
+           "interval over", *METRICS.values(), "UAR seed std"]
 # With the paper's values beside the table: its std is np.std (ddof 0), so the same, over the fold means.
 DDOF0_METRICS = ("uar", "war")
 DDOF0_COLUMNS = [f"{METRICS[m]} std (ddof 0)" for m in DDOF0_METRICS]
-NOTE = ("Test-fold metrics: mean ± sample std [95 % t-interval of the mean, df = folds − 1, clipped to [0, 1]] "
-        "over the fold means, each fold's seeds averaged first; with 2–3 folds the interval is wide. "
-        "UAR seed std: the pooled within-fold sample std across seeds. "
+NOTE = ("Test-fold metrics: mean ± sample std of the fold means, each fold's seeds averaged first, then "
+        "[the 95 % t-interval of the mean, df = folds − 1, clipped to [0, 1]] from 5 folds, or (the range) of "
+        "2-4 fold means: a range, not a confidence interval. With one fold the same runs over its seeds, on "
+        "fixed test clips: it says nothing about other speakers. 'interval over' names which, and over how "
+        "many. UAR seed std: the pooled within-fold sample std across seeds. "
         f"{NOT_ESTIMABLE}: needs at least 2 folds (2 seeds for the seed std).")
 
 
@@ -134,7 +146,7 @@ def cells(table: pd.DataFrame, ddof0: bool = False) -> list[list[str]]:
         rank = "" if row["rank"] == 0 else str(row["rank"])
         rows.append([row["dataset"], row["protocol"], row["model"], _method(row), targets, rank,
                      f"{row['trainable_parameters']:,}", f"{row['runs']} ({row['seeds']} × {row['folds']})",
-                     str(row["folds"]), *(_cell(row, m) for m in METRICS), _number(row["uar_seed_std"]),
+                     f"{row['uar_interval']} ({row['units']})", *(_cell(row, m) for m in METRICS), _number(row["uar_seed_std"]),
                      *([_number(row[f"{m}_std_ddof0"]) for m in DDOF0_METRICS] if ddof0 else [])])
     return rows
 
