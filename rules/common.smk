@@ -366,9 +366,11 @@ def figure_args(wildcards, input):
 
 @functools.cache
 def paper_reference():
-    import pandas as pd
+    """The paper's values, checked against the figures' vocabulary (an error names the file and
+    row while the workflow is planned, before any figure job), with report.paper_reference."""
+    from workflow_scripts.report.figures.reference import read_reference
 
-    return pd.read_csv(PAPER_REFERENCE) if config["report"]["paper_reference"] else None
+    return read_reference(PAPER_REFERENCE) if config["report"]["paper_reference"] else None
 
 
 @functools.cache

@@ -85,6 +85,15 @@ def paired_rows(configurations, keys: dict, significant=lambda row: False, pairs
     return pd.DataFrame(rows)
 
 
+def reference_table(figure, panel, series, layer, value, statistic="point", source="read from the paper's figure"):
+    """A reference table in config/paper_reference.csv's columns (scalars repeat over the rows)."""
+    columns = {"figure": figure, "panel": panel, "series": series, "statistic": statistic, "layer": layer,
+               "value": value, "source": source}
+    rows = max(len(v) for v in columns.values() if isinstance(v, list)) if any(
+        isinstance(v, list) for v in columns.values()) else 1
+    return pd.DataFrame({k: v if isinstance(v, list) else [v] * rows for k, v in columns.items()})
+
+
 def visible_axes(figure):
     return [axis for axis in figure.axes if axis.get_visible() and axis.get_label() != "<colorbar>"]
 
@@ -194,14 +203,14 @@ def test_contribution_without_a_paired_test_says_so(contribution_tables):
 
 def test_contribution_reference_markers(contribution_tables):
     values, paired = contribution_tables
-    reference = pd.DataFrame({"figure": ["F1", "F1", "F2"], "panel": ["attn_ratio", "attn_ratio_difference", "kl"],
-                              "series": ["LoRA", "", "LoRA"], "layer": [3, 3, 0], "value": [0.27, 0.18, 1.0]})
+    reference = reference_table(["F1", "F1", "F2"], ["attn_ratio", "attn_ratio_difference", "kl_final_layer"],
+                                ["lora", "mean_difference", "lora"], [3, 3, 0], [0.27, 0.18, 1.0])
     figure = contribution_figure(values, paired, reference=reference)
     marked = [line for axis in figure.axes for line in axis.get_lines() if line.get_gid() == "reference"]
-    assert sorted(line.get_label() for line in marked) == ["paper (read from its figure)",
-                                                          "paper (read from its figure): LoRA"]
+    assert sorted(line.get_label() for line in marked) == ["paper (read from its figure): LoRA",
+                                                          "paper (read from its figure): LoRA − frozen"]
     assert sorted(float(line.get_ydata()[0]) for line in marked) == [0.18, 0.27]
-    with pytest.raises(InputError, match=r"contribution \(F1\).*unknown panel.*'ratio'"):
+    with pytest.raises(InputError, match=r"contribution \(F1\).*row 1: panel 'ratio' is not a panel of F1"):
         contribution_figure(values, paired, reference=reference.assign(panel="ratio"))
 
 
@@ -246,7 +255,7 @@ def test_logit_lens_one_run_has_no_band(lens_table):
 
 
 def test_logit_lens_reference_is_shifted_to_block_outputs(lens_table):
-    reference = pd.DataFrame({"figure": "F2", "panel": "agreement", "series": "LoRA", "layer": [0, 3], "value": 0.3})
+    reference = reference_table("F2", "agreement", "lora", [0, 3], 0.3)
     figure = logit_lens_figure(lens_table, reference=reference)
     marked = [line for line in panel(figure, "raw lens: agreement with final decision").get_lines()
               if line.get_gid() == "reference"]
@@ -331,15 +340,22 @@ def test_energy_boxes_titles_and_all_zero_note():
     assert_y_contains_data(figure)
 
 
-def test_energy_reference_lines():
-    reference = pd.DataFrame({"figure": "F4", "panel": ["U", "U"], "series": ["trained", "untrained"],
-                              "layer": np.nan, "value": [2.9, 15.9]})
+def test_energy_reference_points_and_ratio_text():
+    reference = reference_table("F4", "a_out", ["trained", "lora_random", "lora_random"], np.nan, [2.9, 15.9, 5.5],
+                                statistic=["mean_k90", "mean_k90", "mean_k90_ratio"])
     figure = energy_figure(spectra_table(), reference=reference)
     u_panel = [axis for axis in figure.axes if axis.get_title().startswith("LoRA A – activations (U)")][0]
-    labels = sorted(line.get_label() for line in u_panel.get_lines() if "paper" in line.get_label())
-    assert labels == ["paper (read from its figure): trained mean k90",
-                      "paper (read from its figure): untrained mean k90"]
+    points = {line.get_label(): line for line in u_panel.get_lines() if line.get_gid() == "reference"}
+    assert sorted(points) == ["paper (read from its figure): trained mean k90",
+                              "paper (read from its figure): untrained (lora_random) mean k90"]
+    # beside the box of its label in each configuration: r4 has trained, random, init; r8 trained, random
+    trained = points["paper (read from its figure): trained mean k90"]
+    assert list(trained.get_ydata()) == [2.9, 2.9]
+    assert list(trained.get_xdata()) == pytest.approx([0 - 0.4 + 0.8 / 3 * 0.5, 1 - 0.4 + 0.8 / 3 * 0.5])
     assert max(u_panel.get_ylim()) >= 15.9
+    ratios = [t.get_text() for t in u_panel.texts if t.get_gid() == "reference_ratio"]
+    assert ratios == ["paper: untrained (lora_random) / trained mean k90 = 5.5×"]
+    assert all(5.5 not in list(line.get_ydata()) for line in points.values())  # the ratio is no point
 
 
 def test_top10_lines_per_label_and_configuration():
@@ -627,7 +643,7 @@ def test_build_figure_refuses_missing_extra_tables_and_unknown_options():
         build_figure("contribution", {**tables, "probes": tables["contribution"]}, paired)
     with pytest.raises(InputError, match=r"unknown option\(s\) \['colour'\]"):
         build_figure("contribution", tables, paired, options={"colour": "red"})
-    reference = pd.DataFrame({"figure": ["F1"], "panel": ["attn_ratio"], "series": [""], "layer": [0], "value": [0.4]})
+    reference = reference_table("F1", "attn_ratio", "lora", 0, 0.4)
     with pytest.raises(InputError, match="no counterpart in the paper"):
         build_figure("erasure", *all_tables()["erasure"], reference=reference)
 
@@ -637,8 +653,7 @@ def test_cli_writes_png_and_svg(tmp_path):
     tables["contribution"].to_parquet(tmp_path / "contribution.parquet")
     paired["contribution"].to_parquet(tmp_path / "paired.parquet")
     reference = tmp_path / "paper.csv"
-    pd.DataFrame({"figure": ["F1"], "panel": ["attn_ratio"], "series": ["LoRA"], "layer": [0],
-                  "value": [0.43]}).to_csv(reference, index=False)
+    reference_table("F1", "attn_ratio", "lora", 0, 0.43).to_csv(reference, index=False)
     out = tmp_path / "figs" / "f1.png"
     main(["--figure", "contribution", "--table", f"contribution={tmp_path / 'contribution.parquet'}",
           "--paired", f"contribution={tmp_path / 'paired.parquet'}", "--reference", str(reference), "--out", str(out)])
@@ -677,3 +692,119 @@ def test_flat_data_get_a_readable_range_without_offset():
     assert low <= 1.0 - 2e-13 and high >= 1.0 and high - low == pytest.approx(0.1)
     assert axis.yaxis.get_major_formatter().get_useOffset() is False
     assert_y_contains_data(figure)
+
+
+# -- the paper's values: config/paper_reference.csv drawn on every paper figure ----------------------
+
+PAPER_REFERENCE = "config/paper_reference.csv"
+PAPER_FIGURES = sorted(name for name, spec in FIGURES.items() if spec.paper != "new")
+
+
+def reference_points(axis):
+    """(x, y) of every paper marker of ``axis``, sorted."""
+    return sorted((float(x), float(y)) for line in axis.get_lines() if line.get_gid() == "reference"
+                  for x, y in zip(line.get_xdata(), line.get_ydata()))
+
+
+def expected_points(reference, paper, panel, x_offset=0):
+    rows = reference[(reference["figure"] == paper) & (reference["panel"] == panel)]
+    return sorted((float(layer) + x_offset, float(value)) for layer, value in zip(rows["layer"], rows["value"]))
+
+
+def panels_by_title(figure, prefix):
+    return [axis for axis in visible_axes(figure) if axis.get_title().startswith(prefix)]
+
+
+def check_contribution(figure, reference):
+    axes = np.reshape(figure.axes, (4, 3))
+    drawn = 0
+    for k, kind in enumerate(("ratio", "cos")):
+        for column, output in enumerate(("attn", "mlp", "layer")):
+            for row, panel in ((2 * k, f"{output}_{kind}"), (2 * k + 1, f"{output}_{kind}_difference")):
+                points = reference_points(axes[row, column])
+                assert points == expected_points(reference, "F1", panel), panel
+                drawn += len(points)
+    assert drawn == (reference["figure"] == "F1").sum() == 44
+
+
+def check_logit_lens(figure, reference):
+    for panel, title in (("kl_final_layer", "KL(final ‖ layer), nats"), ("agreement", "agreement with final decision")):
+        raw, = panels_by_title(figure, f"raw lens: {title}")
+        assert reference_points(raw) == expected_points(reference, "F2", panel, x_offset=1)  # block l -> layer l + 1
+        normed, = panels_by_title(figure, f"normed lens: {title}")
+        assert reference_points(normed) == []
+    assert sum(len(reference_points(axis)) for axis in figure.axes) == (reference["figure"] == "F2").sum() == 29
+
+
+def check_energy(figure, reference):
+    from workflow_scripts.figure_style import PANELS
+
+    for quantity, heading in PANELS:
+        axis, = panels_by_title(figure, heading)
+        rows = reference[(reference["figure"] == "F4") & (reference["panel"] == quantity)]
+        k90 = rows[rows["statistic"] == "mean_k90"]
+        # one point per configuration (r4, r8) and label: only the paper's k90, never its ratio
+        assert sorted(y for _, y in reference_points(axis)) == sorted(list(k90["value"]) * 2)
+        ratio, = rows.loc[rows["statistic"] == "mean_k90_ratio", "value"]
+        texts = [t.get_text() for t in axis.texts if t.get_gid() == "reference_ratio"]
+        assert texts == [f"paper: untrained (lora_random) / trained mean k90 = {ratio:g}×"]
+
+
+def check_top10(figure, reference):
+    from workflow_scripts.figure_style import PANELS
+
+    for quantity, heading in PANELS:
+        axis, = panels_by_title(figure, heading)
+        assert reference_points(axis) == []  # ranges, not points
+        rows = reference[(reference["figure"] == "F5") & (reference["panel"] == quantity)]
+        expected = sorted((rows.loc[(rows["series"] == s) & (rows["statistic"] == "min"), "value"].item(),
+                           rows.loc[(rows["series"] == s) & (rows["statistic"] == "max"), "value"].item())
+                          for s in ("trained", "lora_random"))
+        drawn = bands(axis, "reference_band")
+        assert sorted(band_range(band) for band in drawn) == [pytest.approx(e) for e in expected]
+        for band in drawn:  # across the blocks shown, 0..3: the paper's range is over all its layers
+            x = np.concatenate([path.vertices[:, 0] for path in band.get_paths()])
+            assert (x.min(), x.max()) == (0.0, 3.0)
+
+
+def check_cka(figure, reference):
+    for direction in ("forward", "backward"):
+        axes = panels_by_title(figure, direction)
+        assert len(axes) == 2  # r4, r8: each gets the paper's values
+        for axis in axes:
+            assert reference_points(axis) == expected_points(reference, "F6", direction)
+
+
+def check_embedding_quality(figure, reference):
+    assert not (reference["figure"] == "F3").any()  # the paper gives no F3 numbers: nothing to draw
+    assert all(reference_points(axis) == [] for axis in figure.axes)
+
+
+REFERENCE_CHECKS = {"contribution": check_contribution, "logit_lens": check_logit_lens, "energy": check_energy,
+                    "top10": check_top10, "cka": check_cka, "embedding_quality": check_embedding_quality}
+
+
+@pytest.mark.parametrize("name", PAPER_FIGURES)
+def test_every_paper_figure_draws_the_repository_s_paper_values(name):
+    """The real config/paper_reference.csv (read as the workflow read it before it was checked)
+    on each paper figure: every value of its figure is drawn where it belongs."""
+    assert set(REFERENCE_CHECKS) == set(PAPER_FIGURES)
+    reference = pd.read_csv(PAPER_REFERENCE)
+    tables, paired = all_tables()[name]
+    figure = build_figure(name, tables, paired, reference=reference)
+    REFERENCE_CHECKS[name](figure, reference)
+    assert_y_contains_data(figure)
+
+
+@pytest.mark.parametrize("name", PAPER_FIGURES)
+def test_the_figure_job_with_the_repository_s_paper_values_writes_the_figure(name, tmp_path):
+    """What the figure rule runs with report.paper_reference: true (config/paper.yaml)."""
+    tables, paired = all_tables()[name]
+    arguments = ["--figure", name, "--reference", PAPER_REFERENCE, "--out", str(tmp_path / f"{name}.png")]
+    for flag, given in (("--table", tables), ("--paired", paired)):
+        for analysis, table in given.items():
+            path = tmp_path / f"{flag[2:]}_{analysis}.parquet"
+            table.to_parquet(path)
+            arguments += [flag, f"{analysis}={path}"]
+    main(arguments)
+    assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

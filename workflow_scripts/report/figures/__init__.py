@@ -30,10 +30,12 @@ Figures (:data:`.registry.FIGURES`, name -> function, the tables it needs, its c
   values of ΔW), ``subspaces`` (principal-angle similarity with chance) and ``cka_heatmap``
   (layer × layer CKA, LoRA vs frozen and seed vs seed, with the permutation floor).
 
-The paper's values, where known, can be overlaid (``reference``: a table with columns figure
-(F1..F6), panel, series, layer, value; the panels each function accepts are in its docstring;
-``layer`` is the paper's x, i.e. its layer index, 0-based). They are drawn as black markers
-labelled "paper (read from its figure)".
+The paper's values, where known, can be overlaid (``reference``: config/paper_reference.csv, columns
+figure (F1..F6, T1), panel, series, statistic, layer, value, source; its vocabulary, which panel,
+series and statistic each figure accepts, and its reader and checks are in :mod:`.reference`;
+``layer`` is the paper's x, i.e. its layer index, 0-based). Values at one layer are drawn as black
+markers labelled "paper (read from its figure)"; F4's mean k90 as points beside the boxes and its
+ratios as text, F5's ranges as hatched bands.
 
 Entry point::
 
@@ -46,7 +48,8 @@ statistic.
 
 Modules: ``registry`` (:data:`FIGURES` and ``FigureSpec``; light: it names each function as
 ``"module:name"`` and imports it only to draw), ``build`` (``read_table``, ``build_figure``),
-``__main__`` (the entry point ``main``); the families ``readouts`` (F1, F2, lens comparison,
+``__main__`` (the entry point ``main``), ``reference`` (the paper's values: vocabulary, reader,
+checks; light); the families ``readouts`` (F1, F2, lens comparison,
 probes, erasure), ``embeddings`` (F3), ``spectra`` (F4, F5, weight spectra), ``cka`` (F6 and the
 layer heatmaps) and ``subspaces``; their helpers ``tables`` (checks, configurations, titles) and
 ``style`` (bands, bars, stars, legends, axes, the paper's values). Colours, display labels,

@@ -11,6 +11,7 @@ import workflow_scripts.report.figures as package
 from workflow_scripts.cli import entry_parser, parse_assignments, run_main
 from workflow_scripts.errors import InputError
 from workflow_scripts.report.figures.build import build_figure, read_table
+from workflow_scripts.report.figures.reference import read_reference
 from workflow_scripts.report.figures.registry import FIGURES
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="an aggregated table (.parquet or .csv), repeatable")
     parser.add_argument("--paired", action="append", default=[], metavar="ANALYSIS=PATH",
                         help="a paired LoRA − frozen table, repeatable")
-    parser.add_argument("--reference", help="the paper's values (CSV: figure, panel, series, layer, value)")
+    parser.add_argument("--reference", help="the paper's values (CSV: figure, panel, series, statistic, layer, value, "
+                        "source; the vocabulary is in workflow_scripts.report.figures.reference)")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="a keyword of the figure's function (JSON value or a bare word), repeatable")
     parser.add_argument("--out", required=True, help="FIG.png; FIG.svg is written beside it")
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
               for k, v in parse_assignments(args.table, "--table", "ANALYSIS=PATH").items()}
     paired = {k: read_table(v, f"--paired {k}")
               for k, v in parse_assignments(args.paired, "--paired", "ANALYSIS=PATH").items()}
-    reference = read_table(args.reference, "--reference") if args.reference else None
+    reference = read_reference(args.reference) if args.reference else None  # checked: errors name file and row
     options = {k: _option_value(v) for k, v in parse_assignments(args.option, "--option").items()}
     figure = build_figure(args.figure, tables, paired, reference, options)  # fails before anything is written
     save_figure(figure, args.out)

@@ -20,10 +20,10 @@ from workflow_scripts.report.figures.style import (
     figure_legend,
     finish_axes,
     overlay_reference,
-    reference_rows,
     set_block_ticks,
     styled,
 )
+from workflow_scripts.report.figures.reference import figure_rows
 from workflow_scripts.report.figures.tables import (
     CONFIGURATION,
     SUMMARY,
@@ -78,8 +78,8 @@ def cka_figure(cka: pd.DataFrame, reference: pd.DataFrame | None = None, module:
     configuration, each mean with its 95 % band and the permutation null's mean..p95 hatched.
     Defaults: module v_proj (if adapted), the ``flattened`` level with the ``legacy`` estimator
     when the table has it (a legacy capture), else ``utterance`` with the biased estimator, RBF
-    bandwidth multiple 1. Reference panels (F6): ``forward``, ``backward``, series the
-    paper_series names; ``layer`` = block."""
+    bandwidth multiple 1. The paper's values (F6, :mod:`.reference`): panels ``forward``,
+    ``backward``, series the paper_series names; markers at their block."""
     name = "cka (F6)"
     require_columns(cka, name, "aggregated cka",
                     CONFIGURATION + ("block", "module", "level", "paper_series", "kernel", "rbf_multiple",
@@ -102,7 +102,7 @@ def cka_figure(cka: pd.DataFrame, reference: pd.DataFrame | None = None, module:
             raise InputError(f"figure {name}: no RBF rows with rbf_multiple {rbf_multiple} (the table has {multiples})")
         rows = rows[~rbf.to_numpy() | close]
     configurations = Configurations([rows])
-    reference = reference_rows(reference, "F6", [d for d, _ in CKA_DIRECTIONS], name)
+    reference = figure_rows(reference, "F6", name)
     plt = _pyplot()
     n = len(configurations.keys)
     figure, axes = plt.subplots(2, n, figsize=(max(7.0, 5.6 * n), 8.5), squeeze=False, sharex=True,

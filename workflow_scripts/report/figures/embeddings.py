@@ -12,11 +12,10 @@ from workflow_scripts.report.figures.style import (
     draw_band,
     figure_legend,
     finish_axes,
-    overlay_reference,
-    reference_rows,
     set_block_ticks,
     styled,
 )
+from workflow_scripts.report.figures.reference import figure_rows
 from workflow_scripts.report.figures.tables import (
     CONFIGURATION,
     SUMMARY,
@@ -39,8 +38,8 @@ EMBEDDING_PANELS = (("features", "silhouette_features", "silhouette, pooled A ou
 def embedding_quality_figure(embeddings: pd.DataFrame, reference: pd.DataFrame | None = None):
     """F3 (quantified): per block, the silhouette of the emotion classes in the pooled A outputs
     and in their t-SNE map, and the accuracy and UAR of a speaker-grouped kNN vote, a line per
-    configuration (rank) and module with its 95 % band. Reference panels (F3): the statistics'
-    names (the paper gives no numbers for F3; accepted for completeness); ``layer`` = block."""
+    configuration (rank) and module with its 95 % band. The paper gives no numbers for F3: a
+    ``reference`` is checked (:mod:`.reference` accepts no F3 rows) but has nothing to draw."""
     name = "embedding_quality (F3)"
     require_columns(embeddings, name, "aggregated embeddings",
                     CONFIGURATION + ("block", "module", "space", "statistic") + SUMMARY)
@@ -50,7 +49,7 @@ def embedding_quality_figure(embeddings: pd.DataFrame, reference: pd.DataFrame |
             raise InputError(f"figure {name}: the aggregated embeddings table has no {statistic!r} rows "
                              f"in space {space!r}")
     configurations = Configurations([embeddings])
-    reference = reference_rows(reference, "F3", [s for _, s, _ in EMBEDDING_PANELS], name)
+    figure_rows(reference, "F3", name)  # refuses a malformed table (and any F3 row): nothing to draw
     modules = [m for m in MODULES if m in set(embeddings["module"])] or sorted(embeddings["module"].unique())
     styles = dict(zip(modules, ("-", "--", ":", "-.") * 2))
     plt = _pyplot()
@@ -62,7 +61,6 @@ def embedding_quality_figure(embeddings: pd.DataFrame, reference: pd.DataFrame |
                 suffix = f" {module}" if len(modules) > 1 else ""
                 draw_band(axis, of_module["block"], of_module, configurations.colour(key),
                           configurations.label(key) + suffix, linestyle=styles.get(module, "-"))
-        overlay_reference(axis, reference, statistic)
         axis.set_title(label, fontsize=9)
         axis.set_ylabel(label)
         axis.set_xlabel("encoder block")

@@ -17,11 +17,11 @@ from workflow_scripts.report.figures.style import (
     holm_stars,
     no_test_note,
     overlay_reference,
-    reference_rows,
     set_block_ticks,
     star_handle,
     styled,
 )
+from workflow_scripts.report.figures.reference import figure_rows
 from workflow_scripts.report.figures.tables import (
     CONFIGURATION,
     PAIRED_CONFIGURATION,
@@ -65,8 +65,9 @@ def contribution_figure(contribution: pd.DataFrame, paired: pd.DataFrame, refere
     residual input of the attention output, the MLP output and both (columns); for each, LoRA and
     frozen configurations side by side (bars, 95 % interval as error bars) and below them LoRA −
     frozen from the paired table, starred where the Holm-corrected paired t p < 0.05.
-    Reference panels (F1): the six statistics (``attn_ratio`` ... ``layer_cos``) and the same with
-    ``_difference``; ``layer`` = block."""
+    The paper's values (F1, :mod:`.reference`): panels the six statistics (``attn_ratio`` ...
+    ``layer_cos``), series ``lora``/``frozen``, and the same + ``_difference``, series
+    ``mean_difference``; markers at their block."""
     name = "contribution (F1)"
     statistics = [f"{output}_{kind}" for kind, _ in CONTRIBUTION_KINDS for output, _ in CONTRIBUTION_OUTPUTS]
     require_columns(contribution, name, "aggregated contribution", CONFIGURATION + ("block", "statistic") + SUMMARY)
@@ -79,7 +80,7 @@ def contribution_figure(contribution: pd.DataFrame, paired: pd.DataFrame, refere
                          f"(methods {sorted(contribution['method'].unique())})")
     differences = paired.assign(method="lora")
     configurations = Configurations([values, differences])
-    reference = reference_rows(reference, "F1", statistics + [f"{s}_difference" for s in statistics], name)
+    reference = figure_rows(reference, "F1", name)
     plt = _pyplot()
     n_blocks = values["block"].nunique()
     figure, axes = plt.subplots(4, 3, figsize=(max(12.0, min(24.0, 0.2 * n_blocks * 3)), 13), sharex=True,
@@ -119,8 +120,9 @@ def logit_lens_figure(logit_lens: pd.DataFrame, reference: pd.DataFrame | None =
     """F2: per layer (0 = embedding output), the mean KL(final ‖ layer) (top) and the agreement of
     the lens's decision with the model's final decision (bottom), a line per configuration of
     ``methods`` with its 95 % band; the raw lens (the paper's) and the normed lens as columns.
-    Reference panels (F2, drawn on the raw lens): ``kl_final_layer``, ``agreement``; the paper's
-    layer l is the output of block l, our layer l + 1."""
+    The paper's values (F2, :mod:`.reference`; drawn on the raw lens): panels ``kl_final_layer``,
+    ``agreement``, series ``lora``/``frozen``; the paper's layer l is the output of block l, our
+    layer l + 1."""
     name = "logit_lens (F2)"
     statistics = ("kl_final_layer", "agreement")
     require_columns(logit_lens, name, "aggregated logit_lens", CONFIGURATION + ("lens", "layer", "statistic") + SUMMARY)
@@ -133,7 +135,7 @@ def logit_lens_figure(logit_lens: pd.DataFrame, reference: pd.DataFrame | None =
     if not lenses:
         raise InputError(f"figure {name}: the aggregated logit_lens table has no rows with lens {list(LENSES)}")
     configurations = Configurations([shown])
-    reference = reference_rows(reference, "F2", statistics, name)
+    reference = figure_rows(reference, "F2", name)
     plt = _pyplot()
     figure, axes = plt.subplots(2, len(lenses), figsize=(6.2 * len(lenses), 7.5), squeeze=False, sharex=True,
                                 layout="constrained")

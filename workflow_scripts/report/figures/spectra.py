@@ -12,17 +12,17 @@ from workflow_scripts.figure_style import DISPLAY as LABEL_DISPLAY
 from workflow_scripts.figure_style import MODULES
 from workflow_scripts.figure_style import PANELS as SPECTRA_PANELS
 from workflow_scripts.figure_style import REFERENCES as UNTRAINED_LABELS
-from workflow_scripts.figure_style import SYMBOLS, TRAINED, run_label
+from workflow_scripts.figure_style import TRAINED, run_label
+from workflow_scripts.report.figures.reference import figure_rows
 from workflow_scripts.report.figures.style import (
-    REFERENCE_LABEL,
+    BAND_ALPHA,
     _pyplot,
     band_handle,
     draw_band,
     figure_legend,
     finish_axes,
     note,
-    overlay_reference,
-    reference_rows,
+    reference_label,
     set_block_ticks,
     styled,
 )
@@ -88,6 +88,21 @@ def _k90_line(label_rows: dict) -> str:
     return " / ".join(parts)
 
 
+def _k90_reference(axis, rows: pd.DataFrame, labels: list, n_groups: int, width: float) -> str:
+    """The paper's mean k90 of a panel as a point per label beside each configuration's box of
+    that label (at the configuration's centre where the table has no such label); returns its
+    ratio untrained / trained as text ("" if none): a ratio is no k90, so it gets no point."""
+    for series, of_series in rows[rows["statistic"] == "mean_k90"].groupby("series", sort=True):
+        column = labels.index(series) if series in labels else None
+        positions = [g if column is None else g - 0.4 + width * (column + 0.5) for g in range(n_groups)]
+        axis.plot(positions, np.repeat(_numbers(of_series["value"])[:1], n_groups), linestyle="none", marker="X",
+                  markersize=9, color=LABEL_COLOURS.get(series, "black"), markeredgecolor="black",
+                  markeredgewidth=0.8, label=reference_label(series, "mean k90"), gid="reference", zorder=6)
+    ratios = rows[rows["statistic"] == "mean_k90_ratio"]
+    return "; ".join(f"paper: {LABEL_DISPLAY.get(series, series)} / trained mean k90 = {value:g}×"
+                     for series, value in zip(ratios["series"], _numbers(ratios["value"])))
+
+
 @styled
 def energy_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None):
     """F4: for U, gU, V and gV (2 × 2 panels), box plots of k90 (the number of singular values
@@ -96,8 +111,9 @@ def energy_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None):
     paper's "untrained"; lora_init where the table has it), per LoRA configuration; each title
     gives the mean k90 "trained / untrained (ratio)". A reference whose every matrix is all zero
     (lora_init's V and gU: B = 0) has no k90 and is said so.
-    Reference panels (F4): ``U``, ``gU``, ``V``, ``gV``, series ``trained``/``untrained``, value
-    the paper's mean k90 (a dotted line; ``layer`` unused)."""
+    The paper's values (F4, :mod:`.reference`): panels the quantities (``a_out`` ...), its mean
+    k90 of ``trained`` and ``lora_random`` as a point beside each configuration's box of that
+    label, and its ratio untrained / trained as text in the panel."""
     name = "energy (F4)"
     require_columns(spectra, name, "aggregated spectra",
                     CONFIGURATION + ("block", "module", "quantity", "statistic") + SUMMARY)
@@ -105,7 +121,7 @@ def energy_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None):
     k90 = spectra[spectra["statistic"] == "k90"]
     require_values(k90, name, "aggregated spectra (k90)", "quantity", [q for q, _ in SPECTRA_PANELS])
     labelled, configurations = _spectra_groups(k90, name)
-    reference = reference_rows(reference, "F4", list(SYMBOLS.values()), name)
+    reference = figure_rows(reference, "F4", name)
     labels = [label for label in (TRAINED, *UNTRAINED_LABELS) if (labelled["label"] == label).any()]
     width = 0.8 / len(labels)
     plt = _pyplot()
@@ -136,24 +152,24 @@ def energy_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None):
                 axis.plot(position + np.asarray(jitter), values, linestyle="none", marker="o", markersize=2.5,
                           color=colour, alpha=0.8)
             annotations.append((f"{group}: " if group else "") + _k90_line(by_label))
-        if reference is not None:
-            part = reference[reference["panel"].astype(str) == SYMBOLS[quantity]]
-            for series, rows in part.groupby("series", sort=True):
-                colour = LABEL_COLOURS.get({"untrained": "lora_random"}.get(series, series), "black")
-                axis.axhline(float(_numbers(rows["value"])[0]), color=colour, linestyle=":", linewidth=1.2,
-                             label=f"{REFERENCE_LABEL}: {series} mean k90")
+        ratio = "" if reference is None else _k90_reference(axis, reference[reference["panel"] == quantity],
+                                                            labels, n_groups, width)
         for i, text in enumerate(notes):
             axis.text(0.02, 0.97 - 0.07 * i, text, transform=axis.transAxes, fontsize=7.5, va="top",
                       color="dimgrey")
+        if ratio:  # the paper's ratio below the notes, in black: a value, not a remark about ours
+            axis.text(0.02, 0.97 - 0.07 * len(notes), ratio, transform=axis.transAxes, fontsize=7.5, va="top",
+                      gid="reference_ratio")
+        lines = len(notes) + bool(ratio)
         axis.set_xticks(range(n_groups), [configurations.label(k) if n_groups > 1 else _lora_text(configurations, k)
                                           for k in configurations.keys])
         axis.set_xlim(-0.6, n_groups - 0.4)
         axis.set_xlabel("LoRA configuration")
         axis.set_ylabel("k90 (singular values for 90 % energy)")
         axis.set_title(f"{heading}\nmean k90: " + "\n".join(annotations), fontsize=8.5)
-        if notes:  # room above the boxes for the notes
+        if lines:  # room above the boxes for the notes and the paper's ratio
             bottom, top = axis.get_ylim()
-            axis.set_ylim(bottom, top + 0.12 * len(notes) * (top - bottom))
+            axis.set_ylim(bottom, top + 0.12 * lines * (top - bottom))
     handles = [Patch(facecolor=LABEL_COLOURS.get(label, "grey"), alpha=0.45, label=LABEL_DISPLAY.get(label, label))
                for label in labels]
     finish_axes(figure)
@@ -164,13 +180,27 @@ def energy_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None):
     return figure
 
 
+def _range_reference(axis, rows: pd.DataFrame, blocks: np.ndarray) -> None:
+    """The paper's range (min..max over its layers) of each label as a hatched band in the label's
+    colour across the blocks shown: the paper gives the span of its curve, not a value per layer."""
+    x = [np.nanmin(blocks), np.nanmax(blocks)]
+    for series, of_series in rows.groupby("series", sort=True):
+        bounds = dict(zip(of_series["statistic"], _numbers(of_series["value"])))
+        colour = LABEL_COLOURS.get(series, "black")
+        band = axis.fill_between(x, bounds["min"], bounds["max"], facecolor=colour, alpha=BAND_ALPHA / 2,
+                                 edgecolor=colour, hatch="xx", linewidth=0.8, zorder=1.5,
+                                 label=reference_label(series, "range over layers"))
+        band.set_gid("reference_band")
+
+
 @styled
 def top10_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None, module: str | None = None):
     """F5: per block, the top-10 energy E(10) (share of the energy in the 10 largest singular
     values) of U, gU, V and gV (2 × 2 panels) for one adapted module (default v_proj, the paper's,
     if adapted), a line per label (trained, lora_random, lora_init) with its 95 % band and a line
-    style per LoRA configuration. Reference panels (F5): ``U``, ``gU``, ``V``, ``gV``, series
-    ``trained``/``untrained``; ``layer`` = block."""
+    style per LoRA configuration. The paper's values (F5, :mod:`.reference`): panels the
+    quantities (``a_out`` ...), per label (``trained``, ``lora_random``) the range over layers its
+    curve spans (``min``..``max``), drawn as a hatched band across the blocks."""
     name = "top10 (F5)"
     require_columns(spectra, name, "aggregated spectra",
                     CONFIGURATION + ("block", "module", "quantity", "statistic") + SUMMARY)
@@ -179,7 +209,7 @@ def top10_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None, m
     module = _choose_module(top, module, name, "aggregated spectra")
     top = top[top["module"] == module]
     labelled, configurations = _spectra_groups(top, name)
-    reference = reference_rows(reference, "F5", list(SYMBOLS.values()), name)
+    reference = figure_rows(reference, "F5", name)
     styles = dict(zip(configurations.keys, ("-", "--", ":", "-.") * 3))
     plt = _pyplot()
     figure, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharex=True, layout="constrained")
@@ -200,7 +230,8 @@ def top10_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None, m
                 notes.append(prefix + (f"V = U·Bᵀ has rank ≤ r = {int(rank)} ≤ 10: E(10) = 1 up to rounding"
                                        if quantity == "b_out" else
                                        f"r = {int(rank)} ≤ 10 columns: E(10) = 1 by definition"))
-        overlay_reference(axis, reference, SYMBOLS[quantity])
+        if reference is not None:
+            _range_reference(axis, reference[reference["panel"] == quantity], _numbers(top["block"]))
         for i, text in enumerate(notes):
             axis.text(0.02, 0.04 + 0.07 * i, text, transform=axis.transAxes, fontsize=7.5, va="bottom",
                       color="dimgrey")

@@ -10,10 +10,9 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.errors import InputError
+from workflow_scripts.report.figures.reference import POINT, SERIES_DISPLAY
 from workflow_scripts.report.figures.tables import ALPHA, HOLM_LABEL, Configurations, _numbers
 
-REFERENCE_COLUMNS = ("figure", "panel", "series", "layer", "value")
 REFERENCE_LABEL = "paper (read from its figure)"
 REFERENCE_MARKERS = ("X", "P", "D", "v", "^", "s")
 BAND_ALPHA = 0.22
@@ -177,31 +176,23 @@ def set_block_ticks(axis, values) -> None:
 
 # -- the paper's values ----------------------------------------------------------------------------
 
-def reference_rows(reference: pd.DataFrame | None, paper: str, panels, figure: str) -> pd.DataFrame | None:
-    """The rows of ``reference`` for figure ``paper`` (F1..F6); InputError on an unknown panel."""
-    if reference is None:
-        return None
-    missing = [c for c in REFERENCE_COLUMNS if c not in reference.columns]
-    if missing:
-        raise InputError(f"figure {figure}: the reference table lacks column(s) {missing}; it needs "
-                         f"{list(REFERENCE_COLUMNS)}")
-    rows = reference[reference["figure"].astype(str) == paper]
-    unknown = sorted(set(rows["panel"].astype(str)) - set(panels))
-    if unknown:
-        raise InputError(f"figure {figure}: the reference rows of {paper} name unknown panel(s) {unknown}; "
-                         f"known: {sorted(panels)}")
-    return rows
-
-
 def overlay_reference(axis, rows: pd.DataFrame | None, panel: str, x_offset: float = 0.0) -> None:
-    """The paper's values of ``panel`` as black markers at (layer + ``x_offset``, value)."""
+    """The paper's values of ``panel`` at one layer (statistic ``point``) as black markers at
+    (layer + ``x_offset``, value), a marker per series. ``rows``: :func:`.reference.figure_rows`."""
     if rows is None:
         return
-    part = rows[rows["panel"].astype(str) == panel]
-    for i, (series, values) in enumerate(part.groupby("series", sort=True)):
+    # A series keeps its marker in every panel of the figure: the legend shows each series once.
+    markers = {series: REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)]
+               for i, series in enumerate(sorted(rows["series"].astype(str).unique()))}
+    part = rows[(rows["panel"].astype(str) == panel) & (rows["statistic"].astype(str) == POINT)]
+    for series, values in part.groupby("series", sort=True):
         values = values.sort_values("layer")
-        label = f"{REFERENCE_LABEL}: {series}" if str(series) else REFERENCE_LABEL
         axis.plot(_numbers(values["layer"]) + x_offset, _numbers(values["value"]), linestyle="none", color="black",
-                  marker=REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)], markersize=8, markeredgecolor="white",
-                  markeredgewidth=0.8, label=label, gid="reference", zorder=6)
+                  marker=markers[str(series)], markersize=8, markeredgecolor="white",
+                  markeredgewidth=0.8, label=reference_label(series), gid="reference", zorder=6)
 
+
+def reference_label(series: str, what: str = "") -> str:
+    """A legend label of the paper's values: "paper (read from its figure): LoRA" (+ ``what``)."""
+    text = SERIES_DISPLAY.get(str(series), str(series))
+    return f"{REFERENCE_LABEL}: {text}{' ' + what if what else ''}"
