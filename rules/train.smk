@@ -37,7 +37,9 @@ rule train:
 
 rule performance:
     input:
-        run_metrics,
+        metrics=run_metrics,
+        # With report.paper_reference, the paper's T1 above the table and the ddof-0 std beside it.
+        reference=lambda wildcards: [PAPER_REFERENCE] if config["report"]["paper_reference"] else [],
     output:
         csv="results/tables/performance.csv",
         md="results/tables/performance.md",
@@ -48,10 +50,13 @@ rule performance:
         ),
     params:
         runs=report_runs_text,
+        reference=lambda wildcards, input: " ".join(
+            f"--reference {shlex.quote(path)}" for path in input.reference
+        ),
     log:
         "results/logs/performance.log",
     conda:
         "../envs/torch.yaml"
     shell:
-        "python -m workflow_scripts.report.performance --metrics {input}"
+        "python -m workflow_scripts.report.performance --metrics {input.metrics} {params.reference}"
         " --csv {output.csv} --md {output.md} --html {output.html} 2> {log}"

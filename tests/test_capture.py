@@ -220,6 +220,7 @@ def test_every_run_of_a_fold_gets_the_same_gradient_clips(stores, dataset, runs,
     table = stores["grads"].utterances()
     assert (table["split"] == "train").all() and table["label"].value_counts().to_dict() == {c: 10 for c in range(4)}
     assert frozen.adapted() == [] and frozen.attrs["alpha"] is None
+    assert frozen.attrs["grads_pool"] == ["train"]
     other_seed = capture(dataset, runs["frozen"], "grads", tmp_path / "seed.zarr", method="frozen",
                          targets="none", rank=0, grads_seed=7)
     assert other_seed.utt_ids != frozen.utt_ids
@@ -232,6 +233,62 @@ def test_balanced_subset_known_answer():
     assert chosen.tolist() == [i for i in order if list(labels[order[: list(order).index(i) + 1]]).count(labels[i]) <= 2]
     assert sorted(np.bincount(labels[chosen]).tolist()) == [1, 2, 2]
     assert sorted(balanced_subset(labels, "all", seed=0).tolist()) == list(range(6))
+
+
+# A manifest (the dataset's order, sorted by utt_id) and one fold of its fold table listed in
+# another order (test, val, train), two classes.
+POOL_MANIFEST = pd.DataFrame({"utt_id": list("abcdefgh"), "label": [0, 1, 0, 1, 0, 1, 0, 1]})
+POOL_FOLD = pd.DataFrame({"utt_id": list("ghebfacd"), "split": ["test", "test", "val", "val",
+                                                                 "train", "train", "train", "train"]})
+
+
+def pool_subset(pool, per_class):
+    from workflow_scripts.capture.settings import gradient_pool
+
+    clips = POOL_FOLD.merge(POOL_MANIFEST, on="utt_id", how="left")
+    chosen = gradient_pool(clips, pool, POOL_MANIFEST["utt_id"])
+    return chosen.iloc[balanced_subset(chosen["label"].to_numpy(), per_class, seed=42)]["utt_id"].tolist()
+
+
+def test_gradient_pool_known_answer():
+    from workflow_scripts.capture.settings import gradient_pool
+
+    # default_rng(42).permutation(4) = [3, 2, 1, 0], of 6 = [3, 2, 5, 4, 1, 0] (the shuffle of
+    # Hugging Face's Dataset.shuffle(seed=42), which the original's select_balanced_samples used).
+    # Default: the training split in the fold table's order, f a c d -> shuffled d c a f.
+    assert pool_subset(None, 2) == ["d", "c", "a", "f"]
+    assert pool_subset(None, 1) == ["d", "c"]
+    # select_on: test: train + val in the manifest's order, a b c d e f -> shuffled d c f e b a,
+    # the first 2 of each class: d c f e (val's e is in; the fold table's order would give a f d c).
+    assert pool_subset(("train", "val"), 2) == ["d", "c", "f", "e"]
+    assert gradient_pool(POOL_FOLD.merge(POOL_MANIFEST, on="utt_id"), ("train", "val"),
+                         POOL_MANIFEST["utt_id"])["utt_id"].tolist() == list("abcdef")
+
+
+def test_gradient_pool_is_the_training_pool_of_the_config():
+    default = capture_settings(toy_config(), "toy", "grads")
+    assert "grads_pool" not in default  # the default's params are unchanged: no capture reruns
+    legacy = toy_config(legacy=True, select_on="test")
+    assert capture_settings(legacy, "toy", "grads")["grads_pool"] == ["train", "val"]
+    assert "grads_pool" not in capture_settings(legacy, "toy", "acts")  # acts covers every clip anyway
+
+
+def test_legacy_gradient_clips_come_from_train_and_val_in_manifest_order(dataset, runs, tmp_path):
+    """Under select_on: test the models trained on train + val: the 40 clips come from there, as
+    the original's select_balanced_samples drew them from every non-test clip."""
+    settings = capture_settings(toy_config(legacy=True, select_on="test"), "toy", "grads")
+    capture_store("grads", toy_run("frozen", "none", 0), settings, dataset / "tiny", runs["frozen"] / "weights",
+                  dataset / "logmel80.zarr", dataset / "manifest.parquet", dataset / "folds.parquet",
+                  tmp_path / "grads.zarr")
+    store = CaptureStore(tmp_path / "grads.zarr", "grads")
+    manifest = pd.read_parquet(dataset / "manifest.parquet")
+    fold = pd.read_parquet(dataset / "folds.parquet").query("protocol == 'loso_speaker' and fold == 1")
+    pool = manifest[manifest["utt_id"].isin(fold.loc[fold["split"].isin(["train", "val"]), "utt_id"])]
+    labels = pool["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    expected = pool["utt_id"].to_numpy()[balanced_subset(labels, 10, 42)]
+    assert sorted(store.utt_ids) == sorted(expected)
+    assert set(store.utterances()["split"]) == {"train", "val"}
+    assert store.attrs["grads_pool"] == ["train", "val"]
 
 
 def test_lora_modules_are_found_by_block_and_name(dataset, runs):

@@ -44,6 +44,20 @@ def test_paper_config_is_valid_and_uses_the_papers_settings():
     assert training["lora"] == {"alpha_policy": "ratio", "alpha": 2.0, "dropout": 0.1}  # alpha 64 at r 32
 
 
+def test_faithful_overlay_keeps_alpha_64_at_every_rank():
+    """The original notebook's random-LoRA helper keeps lora_alpha = 64 whatever the rank: the
+    faithful rank ablation does the same (scaling 8, 2, 1 at ranks 8, 32, 64)."""
+    from golden.make_settings_golden import CONFIGS, load
+
+    from workflow_scripts.train.methods import lora_alpha
+
+    config = load(CONFIGS["paper_faithful"])
+    check_training_config(config)
+    lora = config["training"]["lora"]
+    assert lora == {"alpha_policy": "fixed", "alpha": 64, "dropout": 0.1}
+    assert [lora_alpha(rank, lora) for rank in config["training"]["ranks"]] == [64, 64, 64]
+
+
 def test_corrected_default_dry_runs(iemocap_workdir):
     text = dry_run(iemocap_workdir, "config/paper.yaml")
     # (lora, lora_init, lora_random) x 3 ranks + frozen, x 5 session folds x 1 seed
@@ -53,6 +67,7 @@ def test_corrected_default_dry_runs(iemocap_workdir):
     assert '"select_on":"val"' in text and '"legacy":false' in text
     # Whisper-large-v2 asks a cluster for more than whisper-base (tests/test_cluster.py has the table).
     assert "resources: tmpdir=/tmp, gpu=1, cpus_per_gpu=4, runtime=720, mem_mb=48000" in text
+    assert '"lora":{"alpha":2.0,"alpha_policy":"ratio","dropout":0.1}' in text  # corrected: 2 x rank
 
 
 def test_a_cpu_only_site_asks_for_no_gpu(iemocap_workdir):
@@ -67,6 +82,10 @@ def test_faithful_overlay_dry_runs(iemocap_workdir):
     # The overlay reaches the runs: selection on test under legacy, visible in their settings.
     assert '"select_on":"test"' in text and '"legacy":true' in text
     assert '"select_metric":"war"' in text  # the original's metric_for_best_model="accuracy"
+    assert '"lora":{"alpha":64,"alpha_policy":"fixed","dropout":0.1}' in text  # alpha 64 at every rank
+    # report.paper_reference (paper.yaml): the performance table gets the paper's T1 beside it.
+    command = next(line for line in text.splitlines() if "workflow_scripts.report.performance" in line)
+    assert "--reference " in command and "paper_reference.csv" in command
 
 
 def test_config_without_classes_dry_runs_with_the_layout_default(iemocap_workdir):

@@ -1,6 +1,7 @@
 """The performance table over runs: known answers from hand-written metrics files."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,8 +12,9 @@ from workflow_scripts.report.performance import collect, main, markdown, perform
 
 
 def write_metrics(folder, method, seed, fold, uar, war, f1, rank=8, targets="v_proj", selected_on_test=False,
-                  select_metric=None):
-    path = folder / f"{method}_{select_metric}_{seed}_{fold}.json"
+                  select_metric=None, alpha=None):
+    """``alpha``: ``(lora_alpha, lora_alpha_policy)`` as train.run records them, or None (older files)."""
+    path = folder / f"{method}_{select_metric}_{seed}_{fold}_r{rank}.json"
     metrics = {
         "dataset": "iemocap", "protocol": "loso_session", "model": "large-v2", "method": method,
         "targets": targets, "rank": rank, "seed": seed, "fold": fold,
@@ -21,6 +23,8 @@ def write_metrics(folder, method, seed, fold, uar, war, f1, rank=8, targets="v_p
     }
     if select_metric is not None:  # files written before the selection metric was recorded lack it
         metrics["select_metric"] = select_metric
+    if alpha is not None:
+        metrics["lora_alpha"], metrics["lora_alpha_policy"] = alpha
     path.write_text(json.dumps(metrics))
     return str(path)
 
@@ -100,7 +104,7 @@ def test_markdown_names_a_validation_selection_that_is_not_uar(tmp_path):
 
 def test_unknown_selection_metric_names_the_file(tmp_path):
     path = write_metrics(tmp_path, "lora", 0, 1, 0.7, 0.7, 0.7, select_metric="loss")
-    with pytest.raises(InputError, match=r"lora_loss_0_1\.json.*select_metric.*'loss'"):
+    with pytest.raises(InputError, match=r"lora_loss_0_1_r8\.json.*select_metric.*'loss'"):
         collect([path])
 
 
@@ -121,3 +125,79 @@ def test_untrained_references_record_no_selection_and_carry_no_marker(tmp_path):
     table = performance_table(collect([path]))
     assert table["select_metric"].tolist() == ["none"]
     assert "| lora_init | v_proj | 8 |" in markdown(table)
+
+
+REFERENCE = str(Path(__file__).resolve().parent.parent / "config" / "paper_reference.csv")
+
+
+def rank_ablation(folder, alpha_of):
+    """lora runs at ranks 8, 32, 64 (one seed, two folds) whose alpha is ``alpha_of(rank)``, and a
+    frozen run (no alpha)."""
+    paths = [write_metrics(folder, "lora", 0, fold, 0.7, 0.7, 0.7, rank=rank, alpha=alpha_of(rank))
+             for rank in (8, 32, 64) for fold in (1, 2)]
+    return paths + [write_metrics(folder, "frozen", 0, 1, 0.6, 0.6, 0.6, rank=0, targets="none")]
+
+
+@pytest.mark.parametrize("alpha_of, expected", [
+    (lambda rank: (64.0, "fixed"), "LoRA alpha: fixed 64 for every rank (ranks 8, 32, 64)."),
+    (lambda rank: (2.0 * rank, "ratio"), "LoRA alpha: alpha = 2 × rank (ranks 8, 32, 64)."),
+], ids=["fixed", "ratio"])
+def test_the_header_says_how_alpha_was_chosen_as_the_runs_recorded_it(tmp_path, alpha_of, expected):
+    paths = rank_ablation(tmp_path, alpha_of)
+    main(["--metrics", *paths, "--csv", str(tmp_path / "p.csv"), "--md", str(tmp_path / "p.md"),
+          "--html", str(tmp_path / "p.html")])
+    text = (tmp_path / "p.md").read_text()
+    assert text.startswith(expected + "\n\n| dataset | protocol |")
+    assert expected in (tmp_path / "p.html").read_text()
+
+
+@pytest.mark.parametrize("alphas, expected", [
+    ({8: (64.0, "fixed"), 32: (64.0, "fixed"), 64: (32.0, "fixed")},
+     "LoRA alpha: fixed: 64 at rank 8, 64 at rank 32, 32 at rank 64 (ranks 8, 32, 64)."),
+    ({8: (16.0, "ratio"), 32: (64.0, "ratio"), 64: (64.0, "fixed")},
+     "LoRA alpha: fixed 64 (rank 64); alpha = 2 × rank (ranks 8, 32)."),
+], ids=["no_one_rule", "two_policies"])
+def test_alpha_that_follows_no_one_rule_is_listed_by_rank(tmp_path, alphas, expected):
+    from workflow_scripts.report.performance_header import alpha_line
+
+    assert alpha_line(collect(rank_ablation(tmp_path, alphas.get))) == expected
+
+
+def test_runs_that_did_not_record_alpha_get_no_alpha_line(paths, tmp_path):
+    main(["--metrics", *paths, "--csv", str(tmp_path / "p.csv"), "--md", str(tmp_path / "p.md")])
+    assert "alpha" not in (tmp_path / "p.md").read_text()
+
+
+def test_paper_reference_puts_the_population_std_beside_the_papers_values(paths, tmp_path):
+    out = {name: str(tmp_path / name) for name in ("p.csv", "p.md", "p.html", "q.md")}
+    main(["--metrics", *paths, "--csv", out["p.csv"], "--md", out["p.md"], "--html", out["p.html"],
+          "--reference", REFERENCE])
+    text = (tmp_path / "p.md").read_text()
+    # config/paper_reference.csv, rows T1: the paper's mean ± np.std over its 10 folds.
+    assert text.startswith("The paper (T1): LoRA r32 v_proj: UAR 0.774 ± 0.026, WAR 0.768 ± 0.035 "
+                           "(mean ± population std, ddof 0, over its folds); "
+                           "compare the std (ddof 0) columns.")
+    assert "| UAR seed std | UAR std (ddof 0) | WAR std (ddof 0) |" in text
+    # lora: fold means .72 .78 .69 (UAR) and .71 .77 .68 (WAR): ddof-0 std sqrt(.0042 / 3) = .037;
+    # the one-fold frozen run has a population std of 0.
+    assert "| 0.730 ± 0.046 [0.616, 0.844] | 0.720 ± 0.046 [0.606, 0.834] |" in text
+    assert "| 0.034 | 0.037 | 0.037 |" in text
+    assert "| — | 0.000 | 0.000 |" in text
+    assert "UAR std (ddof 0)" in (tmp_path / "p.html").read_text()
+    main(["--metrics", *paths, "--csv", out["p.csv"], "--md", out["q.md"]])  # switched off: unchanged
+    without = (tmp_path / "q.md").read_text()
+    assert "ddof 0" not in without and "The paper" not in without
+    assert without == markdown(performance_table(collect(paths)))
+
+
+@pytest.mark.parametrize("rows, match", [
+    ("figure,panel,series,statistic,layer,value,source\nF1,a,b,mean,,0.5,x\n", r"no rows of figure T1"),
+    ("figure,series,value\nT1,LoRA UAR,0.5\n", r"lacks the columns \['statistic'\]"),
+    ("figure,panel,series,statistic,layer,value,source\nT1,p,LoRA UAR,mean,,0.5,x\n", r"every T1 series needs a mean and a std"),
+])
+def test_a_bad_reference_file_is_named(paths, tmp_path, rows, match):
+    reference = tmp_path / "reference.csv"
+    reference.write_text(rows)
+    with pytest.raises(InputError, match=rf"reference\.csv: {match}"):
+        main(["--metrics", *paths, "--csv", str(tmp_path / "p.csv"), "--md", str(tmp_path / "p.md"),
+              "--reference", str(reference)])

@@ -49,6 +49,7 @@ def test_lora_run_writes_every_output(lora_run, dataset):
     assert metrics["trained_on"] == ["train"] and metrics["n_train"] == split_sizes(dataset)["train"] == 64
     assert 1 <= metrics["best_epoch"] <= 3 and metrics["test"]["n"] == 16
     assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"]
+    assert (metrics["lora_alpha"], metrics["lora_alpha_policy"]) == (8.0, "ratio")  # 2 x rank 4
     assert metrics["provenance"]["settings"]["lr"] == 3e-3 and metrics["wall_seconds"] > 0
     history = pd.read_csv(out / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
@@ -130,6 +131,7 @@ def test_frozen_trains_only_the_head(dataset, tmp_path):
     assert (tmp_path / "frozen" / "weights" / "head.safetensors").is_file()
     model = load_trained(tmp_path / "frozen" / "weights", dataset / "tiny", CLASSES, "frozen")
     assert model.classifier.out_features == 4
+    assert metrics["lora_alpha"] is None and metrics["lora_alpha_policy"] is None
 
 
 def test_full_fine_tuning_trains_every_weight_but_the_fixed_positions(dataset, tmp_path):
@@ -139,6 +141,14 @@ def test_full_fine_tuning_trains_every_weight_but_the_fixed_positions(dataset, t
     assert (tmp_path / "full" / "weights" / "model.safetensors").is_file()
     model = load_trained(tmp_path / "full" / "weights", dataset / "tiny", CLASSES, "full")
     assert model.config.id2label[2] == "angry"
+
+
+def test_a_fixed_alpha_is_built_and_recorded(dataset, tmp_path):
+    lora = {"alpha_policy": "fixed", "alpha": 64.0}
+    metrics = train_run(dataset, tmp_path / "fixed", method="lora_init", rank=4, lora=lora)
+    assert (metrics["lora_alpha"], metrics["lora_alpha_policy"]) == (64.0, "fixed")
+    adapter = json.loads((tmp_path / "fixed" / "weights" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (4, 64.0)  # scaling 16, not 2
 
 
 def test_class_weights_known_answer():
@@ -324,3 +334,44 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(dataset, tmp_path
     assert resumed["test"] == whole["test"] and resumed["val"] == whole["val"]
     assert resumed["best_epoch"] == whole["best_epoch"]
     assert not (tmp_path / "killed" / ".resume").exists()  # cleaned up on success
+
+
+def test_reported_scores_are_float32_and_agree_with_the_acts_store(dataset, tmp_path, monkeypatch):
+    """On a GPU training and per-epoch scoring run under bf16 autocast; here CPU bf16 autocast
+    stands in for it. The final scores must still be float32, as the acts store is captured, so
+    that metrics.json, predictions.parquet and the store's logits give one number per run."""
+    from toy_runs import toy_config, toy_run
+
+    from workflow_scripts.capture.run import capture_store
+    from workflow_scripts.capture.settings import capture_settings
+    from workflow_scripts.capture.store import CaptureStore
+    from workflow_scripts.metrics import classification_report
+    from workflow_scripts.train import loop
+
+    def cpu_bf16_autocast(device, enabled=True):
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=enabled)
+
+    monkeypatch.setattr(loop, "autocast", cpu_bf16_autocast)
+    out = tmp_path / "run"
+    metrics = train_run(dataset, out, epochs=1)
+    capture_store("acts", toy_run(), capture_settings(toy_config(), "toy", "acts"), dataset / "tiny",
+                  out / "weights", dataset / "logmel80.zarr", dataset / "manifest.parquet",
+                  dataset / "folds.parquet", tmp_path / "acts.zarr")
+    store = CaptureStore(tmp_path / "acts.zarr", "acts")
+    predictions = pd.read_parquet(out / "predictions.parquet").query("split == 'test'")
+    position = {u: i for i, u in enumerate(store.utt_ids)}
+    stored = store.logits()[[position[u] for u in predictions["utt_id"]]]
+    # bf16 logits differ from float32 ones by about 1e-2; float32 ones agree to rounding.
+    np.testing.assert_allclose(np.stack(predictions["logits"]), stored, atol=1e-5)
+    labels = np.array([CLASSES.index(c) for c in predictions["label"]])
+    from_store = classification_report(labels, stored.argmax(1), CLASSES)
+    assert metrics["test"] == from_store
+    assert json.loads((out / "metrics.json").read_text())["test"] == from_store
+    # The probes' head row is read from the same store's logits: the same numbers again.
+    from workflow_scripts.analyses.probes import head_table
+
+    utterances = store.utterances()
+    head = head_table(store.logits(), utterances["label"].to_numpy(), utterances["split"].to_numpy(),
+                      store.classes, store.n_layers).set_index("statistic")["value"]
+    assert {name: head[name] for name in ("uar", "war", "macro_f1")} == {
+        name: metrics["test"][name] for name in ("uar", "war", "macro_f1")}

@@ -3,8 +3,9 @@
 * WAR (weighted average recall) = accuracy = sum_c TP_c / N.
 * UAR (unweighted average recall) = mean over classes of TP_c / N_c (balanced accuracy); the
   primary metric for imbalanced emotion corpora.
-* macro-F1 = mean over classes of 2 TP_c / (2 TP_c + FP_c + FN_c); a class that is never
-  predicted and never present scores 0 (sklearn's ``zero_division=0``).
+* macro-F1 = mean of 2 TP_c / (2 TP_c + FP_c + FN_c) over the classes present in the true or the
+  predicted labels (sklearn's ``f1_score(average="macro")``): a class that is neither true nor
+  predicted is left out, one that is predicted but never true scores 0 (``zero_division=0``).
 
 Across runs, :func:`summarize_over_folds` treats the folds as the independent samples and the
 seeds as repeated measurements within a fold (see there).
@@ -40,10 +41,17 @@ def uar(matrix: np.ndarray) -> float:
 
 
 def macro_f1(matrix: np.ndarray) -> float:
+    """Mean F1 over the classes in the true or predicted labels; NaN for an empty matrix.
+
+    A class absent from both would score 0/0; averaging it in as 0 (as a mean over every column
+    of the matrix would) lowers the score of a subset that lacks a class, unlike sklearn.
+    """
     tp = np.diag(matrix).astype(float)
     denominator = 2 * tp + (matrix.sum(axis=0) - tp) + (matrix.sum(axis=1) - tp)
-    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    return float(f1.mean())
+    present = denominator > 0  # true or predicted at least once
+    if not present.any():
+        return float("nan")
+    return float((2 * tp[present] / denominator[present]).mean())
 
 
 def classification_report(labels, predictions, classes: list[str]) -> dict:

@@ -4,11 +4,12 @@ backward, a class-balanced training subset). The store layout is docs/activation
 ``acts``: every clip of the run's fold table, tagged train/val/test; utterance-level pooled
 arrays and contribution sums for all, frame-level arrays for the test clips.
 
-``grads``: ``capture.grads_per_class`` clips of each class from the fold's training split,
-chosen by ``capture.grads_seed`` alone (:func:`capture.settings.balanced_subset` over the fold
-table's order), so every run of a fold -- trained or not, any method, rank or seed -- sees the
-same clips in the same order. The model is in eval mode with only its LoRA weights requiring
-gradients, as in the paper.
+``grads``: ``capture.grads_per_class`` clips of each class from the clips the models trained on
+(:func:`capture.settings.gradient_pool`: the fold's training split in the fold table's order, or,
+under ``training.select_on: test``, train + val in the manifest's order, as the original), chosen
+by ``capture.grads_seed`` alone (:func:`capture.settings.balanced_subset`), so every run of a
+fold -- trained or not, any method, rank or seed -- sees the same clips in the same order. The
+model is in eval mode with only its LoRA weights requiring gradients, as in the paper.
 
 Batches are sorted by length (little padding) and streamed to the store, which is written to a
 temporary folder and renamed into place only when complete.
@@ -34,7 +35,12 @@ from workflow_scripts.capture.passes import (
     lora_parts,
     only_lora_requires_grad,
 )
-from workflow_scripts.capture.settings import balanced_subset, capture_settings, resolve_indices
+from workflow_scripts.capture.settings import (
+    balanced_subset,
+    capture_settings,
+    gradient_pool,
+    resolve_indices,
+)
 from workflow_scripts.capture.store import CaptureStoreWriter, StoreShape
 from workflow_scripts.cli import entry_parser, resolve_spec, run_main
 from workflow_scripts.cluster import check_gpu_allocation
@@ -165,22 +171,24 @@ def capture_store(kind: str, run: Run, settings: dict, checkpoint: Path, weights
     torch.use_deterministic_algorithms(True, warn_only=True)
     classes = list(settings["classes"])
     store = FeatureStore(str(features))
-    clips = fold_clips(run, pd.read_parquet(manifest), pd.read_parquet(folds), store, classes)
+    manifest_table = pd.read_parquet(manifest)
+    clips = fold_clips(run, manifest_table, pd.read_parquet(folds), store, classes)
     model = load_run_model(run, checkpoint, weights, classes)
     shape = store_shape(kind, model, classes, settings)  # checks the layer settings before writing
     device = pick_device(settings["device"])
     model.to(device)
     if kind == "grads":
-        train = clips[clips["split"] == "train"].reset_index(drop=True)
+        pool = gradient_pool(clips, settings.get("grads_pool"), manifest_table["utt_id"])
         capture = settings["capture"]
-        clips = train.iloc[balanced_subset(train["label"].to_numpy(), capture["grads_per_class"],
-                                           capture["grads_seed"])].reset_index(drop=True)
+        clips = pool.iloc[balanced_subset(pool["label"].to_numpy(), capture["grads_per_class"],
+                                          capture["grads_seed"])].reset_index(drop=True)
         only_lora_requires_grad(model)
     attrs = {**store_attributes(run, model, settings), "classes": classes,
              "provenance": provenance(f"capture_{kind}", settings, run=run.id)}
     if kind == "grads":
         attrs.update(grads_per_class=settings["capture"]["grads_per_class"],
-                     grads_seed=settings["capture"]["grads_seed"])
+                     grads_seed=settings["capture"]["grads_seed"],
+                     grads_pool=list(settings.get("grads_pool") or ["train"]))
     plan = CapturePlan(settings["legacy"], shape.resid_layers, shape.lora_b_blocks)
     with CaptureStoreWriter(out, shape, attrs) as writer:
         for part, batch_features, mask in feature_batches(clips, store, settings, settings["capture"]["batch_size"],

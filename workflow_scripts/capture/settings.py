@@ -9,10 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
+import pandas as pd
 
 from workflow_scripts.config import dataset_spec
 from workflow_scripts.errors import InputError
 from workflow_scripts.stage_settings import StageSettings
+
+#: The splits a grads store draws from when the models trained on train + val (``training.select_on:
+#: test``, legacy): the original's pool, every non-test clip.
+LEGACY_GRADS_POOL = ("train", "val")
 
 #: ``auto`` keeps frame-level residual streams and B outputs for models this wide or narrower
 #: (Whisper-base: 512); wider models' frames are large (large-v2: 2.5 kB per frame and layer).
@@ -53,6 +58,10 @@ class CaptureSettings(StageSettings):
     max_seconds: float
     classes: tuple[str, ...]
     device: str
+    # grads only: the splits of the gradient pool when it is not the fold's training split
+    # (:data:`LEGACY_GRADS_POOL` under ``training.select_on: test``). None, the default, is left
+    # out of the params, so the default's captures keep their settings (and are not rerun).
+    grads_pool: tuple[str, ...] | None = None
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, kind: str) -> "CaptureSettings":
@@ -66,7 +75,14 @@ class CaptureSettings(StageSettings):
             "max_seconds": config["audio"]["max_seconds"],
             "classes": dataset_spec(config, dataset)["classes"],
             "device": config["training"]["device"],
+            "grads_pool": grads_pool(config) if kind == "grads" else None,
         })
+
+
+def grads_pool(config: dict) -> tuple[str, ...] | None:
+    """The splits the trained models saw, when not just the training split: under
+    ``training.select_on: test`` they trained on train + val (train.run.training_data)."""
+    return LEGACY_GRADS_POOL if config["training"]["select_on"] == "test" else None
 
 
 def capture_settings(config: dict, dataset: str, kind: str) -> dict:
@@ -100,3 +116,26 @@ def balanced_subset(labels: np.ndarray, per_class: int | str, seed: int) -> np.n
             taken[label] = taken.get(label, 0) + 1
             chosen.append(index)
     return np.asarray(chosen, dtype=np.int64)
+
+
+def gradient_pool(clips: pd.DataFrame, pool: tuple[str, ...] | None, manifest_ids) -> pd.DataFrame:
+    """The clips a grads store's balanced subset is drawn from, in the order :func:`balanced_subset`
+    shuffles them. ``clips`` is a fold table (``utt_id``, ``split``, ...) in its own order.
+
+    * ``pool`` None (the default, models trained on the training split): the fold's ``train``
+      clips in the fold table's order.
+    * ``pool`` a tuple of splits (:data:`LEGACY_GRADS_POOL`, models trained on train + val): those
+      splits' clips in the dataset's order, ``manifest_ids`` (the manifest's ``utt_id`` column),
+      as the original's ``select_balanced_samples`` shuffled its training set: the corpus in its
+      own order with the test clips filtered out.
+    """
+    if pool is None:
+        return clips[clips["split"] == "train"].reset_index(drop=True)
+    position = {utt: i for i, utt in enumerate(manifest_ids)}
+    chosen = clips[clips["split"].isin(pool)]
+    missing = [utt for utt in chosen["utt_id"] if utt not in position]
+    if missing:
+        raise InputError(f"the manifest lacks {len(missing)} clips of the fold table (e.g. {missing[:3]}): "
+                         "rebuild it")
+    order = np.argsort([position[utt] for utt in chosen["utt_id"]], kind="stable")
+    return chosen.iloc[order].reset_index(drop=True)

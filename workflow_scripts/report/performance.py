@@ -16,6 +16,13 @@ Runs whose best epoch was picked on the test fold (``legacy``) are marked, since
 are optimistic, and so is a selection on a metric other than UAR (``select_metric`` in
 ``metrics.json``; files that lack it selected on UAR).
 
+Above the table, the header says how LoRA's alpha was chosen across ranks, as the runs recorded
+it (``lora_alpha`` and ``lora_alpha_policy`` in ``metrics.json``): fixed for every rank, as the
+original notebook, or proportional to the rank. With ``--reference`` (``report.paper_reference``)
+it also gives the paper's T1 (mean ± std over its folds, the std with ddof 0, ``np.std``) and the
+table gains the population std (ddof 0) of UAR and WAR over the fold means, to compare like with
+like.
+
 Writes ``performance.csv`` (every number) and ``performance.md`` (shaped like the paper's table).
 """
 
@@ -33,6 +40,7 @@ from workflow_scripts.cli import entry_parser, run_main
 from workflow_scripts.errors import InputError
 from workflow_scripts.metrics import summarize_over_folds
 from workflow_scripts.report.html import table_page
+from workflow_scripts.report.performance_header import alpha_line, paper_line
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,9 @@ def collect(paths: list[str]) -> pd.DataFrame:
             **{k: metrics["test"][k] for k in METRICS},
             "trainable_parameters": metrics["trainable_parameters"],
             "selected_on_test": metrics["selected_on_test"],
+            # Files written before the run recorded its alpha lack these (None: not printed).
+            "lora_alpha": metrics.get("lora_alpha"),
+            "lora_alpha_policy": metrics.get("lora_alpha_policy"),
         })
     return pd.DataFrame(rows)
 
@@ -101,28 +112,40 @@ def _method(row: pd.Series) -> str:
 
 COLUMNS = ["dataset", "protocol", "model", "method", "targets", "rank", "trainable params", "runs (seeds × folds)",
            "folds in CI", *METRICS.values(), "UAR seed std"]
+# With the paper's values beside the table: its std is np.std (ddof 0), so the same, over the fold means.
+DDOF0_METRICS = ("uar", "war")
+DDOF0_COLUMNS = [f"{METRICS[m]} std (ddof 0)" for m in DDOF0_METRICS]
 NOTE = ("Test-fold metrics: mean ± sample std [95 % t-interval of the mean, df = folds − 1, clipped to [0, 1]] "
         "over the fold means, each fold's seeds averaged first; with 2–3 folds the interval is wide. "
         "UAR seed std: the pooled within-fold sample std across seeds. "
         f"{NOT_ESTIMABLE}: needs at least 2 folds (2 seeds for the seed std).")
 
 
-def cells(table: pd.DataFrame) -> list[list[str]]:
-    """The table's rows as the text of :data:`COLUMNS`."""
+def columns(ddof0: bool = False) -> list[str]:
+    """:data:`COLUMNS`, with the population std columns when the paper's values are beside them."""
+    return COLUMNS + DDOF0_COLUMNS if ddof0 else list(COLUMNS)
+
+
+def cells(table: pd.DataFrame, ddof0: bool = False) -> list[list[str]]:
+    """The table's rows as the text of :func:`columns`."""
     rows = []
     for _, row in table.iterrows():
         targets = "" if row["targets"] == "none" else row["targets"].replace("+", ", ")
         rank = "" if row["rank"] == 0 else str(row["rank"])
         rows.append([row["dataset"], row["protocol"], row["model"], _method(row), targets, rank,
                      f"{row['trainable_parameters']:,}", f"{row['runs']} ({row['seeds']} × {row['folds']})",
-                     str(row["folds"]), *(_cell(row, m) for m in METRICS), _number(row["uar_seed_std"])])
+                     str(row["folds"]), *(_cell(row, m) for m in METRICS), _number(row["uar_seed_std"]),
+                     *([_number(row[f"{m}_std_ddof0"]) for m in DDOF0_METRICS] if ddof0 else [])])
     return rows
 
 
-def markdown(table: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells(table)]
-    return "\n".join([*lines, "", NOTE]) + "\n"
+def markdown(table: pd.DataFrame, header: tuple[str, ...] | list[str] = (), ddof0: bool = False) -> str:
+    """The table under the ``header`` lines (alpha, the paper's values), above :data:`NOTE`."""
+    names = columns(ddof0)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells(table, ddof0)]
+    top = [line for text in header for line in (text, "")]
+    return "\n".join([*top, *lines, "", NOTE]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,14 +154,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv", required=True)
     parser.add_argument("--md", required=True)
     parser.add_argument("--html", help="the table as a page for the report")
+    parser.add_argument("--reference", help="the paper's values (config/paper_reference.csv, rows T1): "
+                                            "printed above the table, with the population std beside it")
     args = parser.parse_args(argv)
-    table = performance_table(collect(args.metrics))
+    runs = collect(args.metrics)
+    table = performance_table(runs)
+    header = [line for line in (alpha_line(runs), args.reference and paper_line(args.reference)) if line]
+    ddof0 = args.reference is not None
     write_table(args.csv, table)
     with atomic_path(args.md) as tmp:
-        tmp.write_text(markdown(table))
+        tmp.write_text(markdown(table, header, ddof0))
     if args.html:
         with atomic_path(args.html) as tmp:
-            tmp.write_text(table_page("loralens performance", COLUMNS, cells(table), NOTE))
+            tmp.write_text(table_page("loralens performance", columns(ddof0), cells(table, ddof0),
+                                      " ".join([*header, NOTE])))
     log.info("performance over %d runs:\n%s", len(args.metrics), markdown(table))
 
 

@@ -7,10 +7,16 @@ the earliest on ties). After every epoch the whole state --
 parameters, optimizer, schedule, random-number state, best-so-far and history -- is saved to
 ``resume_file`` (atomically), so a killed job, rerun, continues after its last finished epoch
 and ends where an uninterrupted run ends (on a CPU, bit for bit).
+
+The per-epoch scoring runs under the same bf16 autocast as training (on a GPU); the final scores
+a run reports (``metrics.json``, ``predictions.parquet``) come from ``predict(...,
+mixed_precision=False)``, in float32, as the activation stores are captured, so a run has one
+number wherever it is read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -62,23 +68,26 @@ def autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def predict(classifier: EmotionClassifier, data: SplitData, settings: dict, device: torch.device) -> np.ndarray:
-    """Logits ``[N, C]`` (float32) for every clip of ``data``, in ``data`` order."""
+def predict(classifier: EmotionClassifier, data: SplitData, settings: dict, device: torch.device,
+            mixed_precision: bool = True) -> np.ndarray:
+    """Logits ``[N, C]`` (float32) for every clip of ``data``, in ``data`` order; computed under
+    :func:`autocast` unless ``mixed_precision`` is False (then in float32 throughout)."""
     classifier.eval()
     logits = [None] * len(data.clips)
     max_frames = max_frames_of(settings["max_seconds"])
     with torch.inference_mode():
         for batch in evaluation_batches(data.lengths, settings["eval_batch_size"]):
             features, mask = collate([data.clips[i] for i in batch], max_frames, settings["legacy"])
-            with autocast(device):
+            with autocast(device) if mixed_precision else contextlib.nullcontext():
                 out = classifier(features.to(device), mask.to(device)).float().cpu().numpy()
             for row, index in enumerate(batch):
                 logits[index] = out[row]
     return np.stack(logits)
 
 
-def evaluate(classifier, data: SplitData, classes: list[str], settings: dict, device) -> tuple[dict, np.ndarray]:
-    logits = predict(classifier, data, settings, device)
+def evaluate(classifier, data: SplitData, classes: list[str], settings: dict, device,
+             mixed_precision: bool = True) -> tuple[dict, np.ndarray]:
+    logits = predict(classifier, data, settings, device, mixed_precision)
     return classification_report(data.labels, logits.argmax(1), classes), logits
 
 

@@ -6,7 +6,8 @@ the run's folder:
 ``weights/``             what was trained (see ``workflow_scripts.train.methods``)
 ``metrics.json``         test (and validation) UAR, WAR, macro-F1, per-class recall, confusion
                          matrix, best epoch, the split and metric it was selected on, the splits
-                         trained on, parameter counts, wall time, provenance
+                         trained on, parameter counts, LoRA's alpha and its policy, wall time,
+                         provenance
 ``predictions.parquet``  utt_id, split, label, prediction, logits (validation and test clips);
                          the provenance of metrics.json in its metadata
 ``history.csv``          one row per epoch
@@ -39,7 +40,7 @@ from workflow_scripts.models.encoder import EmotionClassifier
 from workflow_scripts.provenance import provenance
 from workflow_scripts.runs import LORA_METHODS, TRAINED_METHODS, Run, add_run_arguments, run_settings
 from workflow_scripts.train.loop import SplitData, TrainingState, evaluate, pick_device, train
-from workflow_scripts.train.methods import build_model, parameter_counts, save_weights
+from workflow_scripts.train.methods import build_model, lora_alpha, parameter_counts, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +154,15 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
         classifier.to(device)
         state = TrainingState()
 
-    test_report, test_logits = evaluate(classifier, splits["test"], classes, settings, device)
+    # The reported scores in float32 (no autocast), as the activation stores are captured: the
+    # run's metrics.json, its acts store's logits and the probes' head row agree.
+    test_report, test_logits = evaluate(classifier, splits["test"], classes, settings, device,
+                                        mixed_precision=False)
     tables = [predictions_table("test", splits["test"], test_logits, classes)]
     val_report = None  # a split the model trained on has no held-out score
     if "val" not in trained_on:
-        val_report, val_logits = evaluate(classifier, splits["val"], classes, settings, device)
+        val_report, val_logits = evaluate(classifier, splits["val"], classes, settings, device,
+                                          mixed_precision=False)
         tables.insert(0, predictions_table("val", splits["val"], val_logits, classes))
     classifier.to("cpu")
     record = provenance("train", settings, run=run.id)
@@ -178,6 +183,9 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
         "selected_on_test": select_on == "test",
         "select_metric": settings["select_metric"] if select_on else None,
         **counts,
+        # LoRA's alpha as built, and the policy that gave it (the performance table prints them).
+        "lora_alpha": lora_alpha(run.rank, settings["lora"]) if run.method in LORA_METHODS else None,
+        "lora_alpha_policy": settings["lora"]["alpha_policy"] if run.method in LORA_METHODS else None,
         "trained_on": trained_on,
         "n_train": len(fit_data.clips) if fit_data else 0,
         "wall_seconds": time.perf_counter() - started,
