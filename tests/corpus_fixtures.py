@@ -20,16 +20,22 @@ def sine(seconds: float = 0.3, sample_rate: int = 16000, freq: float = 220.0) ->
     return (0.1 * np.sin(2 * np.pi * freq * t)).astype("float32")
 
 
-def write_wav(path: Path, seconds: float = 0.3, sample_rate: int = 16000) -> Path:
+def write_wav(path: Path, seconds: float = 0.3, sample_rate: int = 16000, freq: float = 220.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, sine(seconds, sample_rate), sample_rate, subtype="PCM_16")
+    sf.write(path, sine(seconds, sample_rate, freq), sample_rate, subtype="PCM_16")
     return path
 
 
-def wav_bytes(seconds: float = 0.3, sample_rate: int = 16000) -> bytes:
+def wav_bytes(seconds: float = 0.3, sample_rate: int = 16000, freq: float = 220.0) -> bytes:
     buffer = io.BytesIO()
-    sf.write(buffer, sine(seconds, sample_rate), sample_rate, format="WAV", subtype="PCM_16")
+    sf.write(buffer, sine(seconds, sample_rate, freq), sample_rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
+
+
+def paper_tone(utt: str) -> float:
+    """The pitch of clip ``utt`` of :func:`iemocap_paper_labels`: a different tone per clip
+    (identical clips would give every analysis identical features)."""
+    return 150.0 + 37.0 * (sum(map(ord, utt)) % 29)
 
 
 # --- IEMOCAP release tree ---------------------------------------------------------------
@@ -68,9 +74,37 @@ def _emo_evaluation(utterances: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def make_iemocap(root: Path) -> Path:
-    """Write :data:`IEMOCAP_LABELS` as an IEMOCAP release, with the usual clutter."""
-    for session, dialogs in IEMOCAP_LABELS.items():
+#: IEMOCAP's raw labels of the four classes, in HF_LABEL_NAMES order (exc stands in for hap
+#: every other time, as the layouts merge it into happy).
+PAPER_RAW_LABELS = ("ang", "hap", "neu", "sad")
+
+
+def iemocap_paper_labels(clips_per_class: int = 1) -> dict[int, dict[str, list[tuple[str, str]]]]:
+    """An IEMOCAP label table (:data:`IEMOCAP_LABELS`' shape) big enough for the paper's grid:
+    5 sessions, each with a dialog of each prefix (``Ses01F_impro01``, ``Ses01M_impro01``, so
+    ``legacy_dialog10`` has its 10 groups), in which both actors speak ``clips_per_class`` clips
+    of every class. So every session, speaker and dialog prefix holds all four classes: every
+    split of every fold of ``loso_session``, ``loso_speaker`` and ``legacy_dialog10`` does."""
+    labels: dict[int, dict[str, list[tuple[str, str]]]] = {}
+    for session in range(1, 6):
+        labels[session] = {}
+        for prefix in "FM":
+            dialog = f"Ses{session:02d}{prefix}_impro01"
+            utterances = []
+            for actor in "FM":
+                for i in range(clips_per_class):
+                    for c, label in enumerate(PAPER_RAW_LABELS):
+                        if label == "hap" and i % 2:
+                            label = "exc"
+                        utterances.append((f"{dialog}_{actor}{i * len(PAPER_RAW_LABELS) + c:03d}", label))
+            labels[session][dialog] = utterances
+    return labels
+
+
+def make_iemocap(root: Path, labels: dict | None = None, tone=None) -> Path:
+    """Write ``labels`` (default :data:`IEMOCAP_LABELS`) as an IEMOCAP release, with the usual
+    clutter. ``tone(utt)``: each clip's pitch (default 220 Hz for every clip)."""
+    for session, dialogs in (IEMOCAP_LABELS if labels is None else labels).items():
         session_dir = root / f"Session{session}"
         emo_dir = session_dir / "dialog" / "EmoEvaluation"
         emo_dir.mkdir(parents=True)
@@ -84,7 +118,8 @@ def make_iemocap(root: Path) -> Path:
             (emo_dir / f"._{dialog}.txt").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
             for utt, _ in utterances:
                 if utt != IEMOCAP_MISSING_WAV:
-                    write_wav(session_dir / "sentences" / "wav" / dialog / f"{utt}.wav")
+                    write_wav(session_dir / "sentences" / "wav" / dialog / f"{utt}.wav",
+                              freq=220.0 if tone is None else tone(utt))
                     (session_dir / "sentences" / "wav" / dialog / f"._{utt}.wav").write_bytes(b"\x00\x05")
     write_wav(root / "Session1" / "sentences" / "wav" / "Ses01F_impro01" / f"{IEMOCAP_UNLABELLED}.wav")
     (root / "Documentation").mkdir()
@@ -105,14 +140,16 @@ HF_SPLITS = {
 }
 
 
-def hf_dataset(rows: list[tuple[str | None, int]], names: list[str] = HF_LABEL_NAMES):
-    """A ``datasets.Dataset`` as a user would hold it after ``load_dataset``."""
+def hf_dataset(rows: list[tuple[str | None, int]], names: list[str] = HF_LABEL_NAMES, tone=None):
+    """A ``datasets.Dataset`` as a user would hold it after ``load_dataset``; ``tone(utt)``:
+    each clip's pitch (default 220 Hz)."""
     import datasets
     import pyarrow as pa
 
     table = pa.table(
         {
-            "audio": [{"bytes": wav_bytes(0.3), "path": path} for path, _ in rows],
+            "audio": [{"bytes": wav_bytes(0.3, freq=220.0 if tone is None or path is None else tone(Path(path).stem)),
+                       "path": path} for path, _ in rows],
             "label": pa.array([label for _, label in rows], pa.int64()),
         }
     )
@@ -122,15 +159,26 @@ def hf_dataset(rows: list[tuple[str | None, int]], names: list[str] = HF_LABEL_N
     return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
 
 
+def hf_splits_of(labels: dict) -> dict[str, list[tuple[str, int]]]:
+    """An IEMOCAP label table (:func:`iemocap_paper_labels`) as Hugging Face splits, one per
+    session (``session1`` ...), with ``exc`` counted as ``hap`` as in ``Zahra99/IEMOCAP_Audio``."""
+    index = {name: i for i, name in enumerate(HF_LABEL_NAMES)} | {"exc": HF_LABEL_NAMES.index("hap")}
+    return {
+        f"session{session}": [(f"{utt}.wav", index[label]) for utterances in dialogs.values()
+                              for utt, label in utterances]
+        for session, dialogs in labels.items()
+    }
+
+
 def make_hf_dataset(folder: Path, rows=HF_SPLITS["session1"]) -> Path:
     hf_dataset(rows).save_to_disk(str(folder))
     return folder
 
 
-def make_hf_dataset_dict(folder: Path, splits=HF_SPLITS) -> Path:
+def make_hf_dataset_dict(folder: Path, splits=HF_SPLITS, tone=None) -> Path:
     import datasets
 
-    datasets.DatasetDict({name: hf_dataset(rows) for name, rows in splits.items()}).save_to_disk(str(folder))
+    datasets.DatasetDict({name: hf_dataset(rows, tone=tone) for name, rows in splits.items()}).save_to_disk(str(folder))
     return folder
 
 

@@ -413,3 +413,14 @@ def test_help_describes_the_analysis(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert "RANK=ACTS.zarr" in text and "t-SNE" in text and "--fold" in text and "--rank" not in text
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_clips_that_all_have_the_same_features_are_refused_by_name(method):
+    """Identical clips have no map: PCA's variance ratios are 0/0, and t-SNE's PCA start fed
+    scikit-learn's Barnes-Hut code NaN, which crashed the process (a fixture corpus of identical
+    tones did, in the paper-mode test)."""
+    with pytest.raises(InputError, match=f"acts.zarr: block 0.*same features.*no {method} map"):
+        embed(np.ones((6, 4)), method, source="acts.zarr: block 0")
+    with pytest.raises(InputError, match="not all finite"):
+        embed(np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 0.0]]), method)

@@ -171,15 +171,22 @@ def tsne_perplexity(perplexity: float, n_clips: int) -> float:
 
 
 def embed(features: np.ndarray, method: str = "tsne", seed: int = 42, perplexity: float = 30,
-          max_iter: int = 1000) -> Embedding:
+          max_iter: int = 1000, source: str = "the clips") -> Embedding:
     """A 2-D map of ``features [clips, d]`` (float64): ``tsne`` (``TSNE(n_components=2,
     perplexity, max_iter, random_state=seed)``, other scikit-learn defaults; a random start
     instead of the PCA one for a single feature) or ``pca`` (two components; with one feature,
-    the second coordinate is 0 and explains nothing)."""
+    the second coordinate is 0 and explains nothing). ``source`` names the features in errors:
+    clips whose features are all equal, or not finite, have no map."""
     features = np.asarray(features, dtype=np.float64)
     n = features.shape[0]
     if n < 3:
         raise InputError(f"an embedding needs at least 3 clips, got {n}")
+    if not np.isfinite(features).all():
+        raise InputError(f"{source}: the features are not all finite; no {method} map")
+    if np.ptp(features, axis=0).max(initial=0.0) == 0:
+        # Every clip at one point: PCA's variance ratios are 0/0, and t-SNE's PCA start then
+        # feeds NaN to scikit-learn's Barnes-Hut code, which crashes the process (SIGSEGV).
+        raise InputError(f"{source}: every clip has the same features (no variance); no {method} map")
     if method == "tsne":
         from sklearn.manifold import TSNE
 
@@ -377,7 +384,7 @@ def group_embeddings(stores: dict, module: str = "auto", settings: dict | None =
                      for name in ("silhouette_features", "knn_uar", "knn_accuracy")]
             for method in METHODS:
                 embedding = embed(features, method, settings["seed"], settings["perplexity"],
-                                  settings["max_iter"])
+                                  settings["max_iter"], f"{stores[rank].path}: block {block}, {module} A outputs")
                 values = {"silhouette_map": silhouette(embedding.coordinates, labels)}
                 if method == "tsne":
                     values["perplexity"] = embedding.perplexity
