@@ -355,12 +355,15 @@ def figure_inputs(wildcards):
 
 
 def figure_args(wildcards, input):
-    """--table / --paired / --reference of the figure entry point, from its inputs."""
+    """--table / --paired / --reference of the figure entry point, from its inputs; for F4 with
+    analyses.spectra.legacy_svd_panel_bug, the original's B-gradient panel (an --option)."""
     args = []
     for name, path in input.items():
         kind, _, analysis = name.partition("_")
         flag = {"table": "--table", "paired": "--paired"}.get(kind)
         args += [flag, f"{analysis}={path}"] if flag else ["--reference", str(path)]
+    if wildcards.figure == "energy" and config["analyses"]["spectra"]["legacy_svd_panel_bug"]:
+        args += ["--option", "legacy_svd_panel_bug=true"]
     return " ".join(map(shlex.quote, args))
 
 

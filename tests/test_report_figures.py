@@ -341,6 +341,19 @@ def test_energy_boxes_titles_and_all_zero_note():
     assert_y_contains_data(figure)
 
 
+def test_energy_legacy_panel_bug_replots_the_a_gradients_in_the_b_gradient_panel():
+    def gradient_panels(figure):
+        titles = {axis.get_title().split(",")[0].split("\n")[0]: axis.get_title() for axis in visible_axes(figure)}
+        return titles["LoRA A – gradients (gU)"], titles["LoRA B – gradients (gV)"]
+
+    a_grad, b_grad = gradient_panels(energy_figure(spectra_table()))
+    assert "init 7.8" in b_grad and "init all zero" in a_grad  # lora_init: gU zero (B = 0), gV not
+    a_grad, b_grad = gradient_panels(energy_figure(spectra_table(), legacy_svd_panel_bug=True))
+    assert "legacy_svd_panel_bug: the A-gradient (gU) data re-plotted" in b_grad
+    assert "init all zero" in b_grad  # the gU data, as the original's plotting call passed it
+    assert b_grad.split("mean k90:")[1] == a_grad.split("mean k90:")[1]
+
+
 def test_energy_reference_points_and_ratio_text():
     reference = reference_table("F4", "a_out", ["trained", "lora_random", "lora_random"], np.nan, [2.9, 15.9, 5.5],
                                 statistic=["mean_k90", "mean_k90", "mean_k90_ratio"])

@@ -104,7 +104,7 @@ def _k90_reference(axis, rows: pd.DataFrame, labels: list, n_groups: int, width:
 
 
 @styled
-def energy_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None):
+def energy_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None, legacy_svd_panel_bug: bool = False):
     """F4: for U, gU, V and gV (2 × 2 panels), box plots of k90 (the number of singular values
     holding 90 % of the energy) over the adapted (block, module) matrices -- each matrix's k90
     averaged over runs -- for the trained LoRA and its untrained references (lora_random, the
@@ -113,7 +113,9 @@ def energy_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None):
     (lora_init's V and gU: B = 0) has no k90 and is said so.
     The paper's values (F4, :mod:`.reference`): panels the quantities (``a_out`` ...), its mean
     k90 of ``trained`` and ``lora_random`` as a point beside each configuration's box of that
-    label, and its ratio untrained / trained as text in the panel."""
+    label, and its ratio untrained / trained as text in the panel.
+    ``legacy_svd_panel_bug`` (``analyses.spectra.legacy_svd_panel_bug``): the B-gradient panel
+    shows the A-gradient data, as the original's plotting call did (its title says so)."""
     name = "energy (F4)"
     require_columns(spectra, name, "aggregated spectra",
                     CONFIGURATION + ("block", "module", "quantity", "statistic") + SUMMARY)
@@ -131,8 +133,12 @@ def energy_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None):
 
     for axis, (quantity, heading) in zip(axes.ravel(), SPECTRA_PANELS):
         annotations, notes = [], []
+        shown = quantity
+        if quantity == "b_grad" and legacy_svd_panel_bug:
+            shown = "a_grad"
+            heading = f"{heading}, legacy_svd_panel_bug: the A-gradient (gU) data re-plotted, as the original"
         for g, key in enumerate(configurations.keys):
-            by_label = _label_rows(labelled[labelled["quantity"] == quantity], configurations, key)
+            by_label = _label_rows(labelled[labelled["quantity"] == shown], configurations, key)
             group = configurations.label(key) if n_groups > 1 else ""
             for j, label in enumerate(labels):
                 if label not in by_label:
