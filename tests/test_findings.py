@@ -90,7 +90,7 @@ def test_lora_seed_spread_pools_within_folds():
     rows.append({**run_columns("frozen", 0, 0, 1), "block": 0, "statistic": "attn_ratio", "value": 100.0})
     spread = lora_seed_spread(pd.DataFrame(rows))
     # fold 1: squares 2, fold 2: squares 8, fold 3 alone: no degrees of freedom -> sqrt(10 / 2); frozen left out
-    assert len(spread) == 1 and spread["seed_std"].iloc[0] == pytest.approx(np.sqrt(5.0))
+    assert len(spread) == 1 and spread["lora_seed_std"].iloc[0] == pytest.approx(np.sqrt(5.0))
 
 
 def test_contribution_blocks_beyond_the_seed_spread():
@@ -100,8 +100,10 @@ def test_contribution_blocks_beyond_the_seed_spread():
             rows.append({**run_columns("lora", 8, seed, 1), "block": block, "statistic": "attn_ratio",
                          "value": value + offset})
     contribution = pd.DataFrame(rows)
+    # The paired table's own seed_std (of the differences) must not stand in for the LoRA values' spread.
     paired = pd.DataFrame({**CONFIG, "method": "lora", "targets": "q_proj+v_proj", "rank": 8, "block": [0, 1, 2],
-                           "statistic": "attn_ratio", "mean_difference": [0.001, -0.05, 0.013], "pairs": 2})
+                           "statistic": "attn_ratio", "mean_difference": [0.001, -0.05, 0.013], "pairs": 2,
+                           "seed_std": 1.0})
     (row,) = contribution_beyond_spread(contribution, paired)
     spread = np.sqrt(2 * 0.01**2)  # two seeds 0.02 apart: sample std 0.0141
     assert row["value"] == 1 and "1 (-0.050" in row["detail"] and f"{spread:.3f}" in row["detail"]

@@ -102,16 +102,17 @@ def first_agreeing_layer(lens: pd.DataFrame, threshold: float = AGREEMENT_THRESH
 
 def lora_seed_spread(contribution: pd.DataFrame) -> pd.DataFrame:
     """The LoRA runs' seed-to-seed spread per configuration, block and statistic: the pooled
-    within-fold sample std of the nested summary (``seed_std``)."""
+    within-fold sample std of the nested summary, as ``lora_seed_std`` (the paired table's own
+    ``seed_std`` is that of the differences)."""
     by = [*CONFIGURATION, "block", "statistic"]
     lora = contribution[contribution["method"] == "lora"]
     if lora.empty:
-        return pd.DataFrame(columns=[*by, "seed_std"])
+        return pd.DataFrame(columns=[*by, "lora_seed_std"])
     grouped = lora.groupby(by, sort=True, dropna=False)
     keys = grouped.size().reset_index()[by]
     summary = nested_summaries(grouped.ngroup().to_numpy(), lora["fold"].to_numpy(),
                                lora["value"].to_numpy(dtype=float), len(keys))
-    return keys.assign(seed_std=summary["seed_std"].to_numpy())
+    return keys.assign(lora_seed_std=summary["seed_std"].to_numpy())
 
 
 def contribution_beyond_spread(contribution: pd.DataFrame, paired: pd.DataFrame) -> list[dict]:
@@ -125,7 +126,7 @@ def contribution_beyond_spread(contribution: pd.DataFrame, paired: pd.DataFrame)
     for key, part in with_spread.groupby([*keys, "statistic"], sort=True, dropna=False):
         *configuration, statistic = key
         part = part.sort_values("block")
-        spreads = part["seed_std"].to_numpy(dtype=float)
+        spreads = part["lora_seed_std"].to_numpy(dtype=float)
         exceeding = [f"{int(block)} ({difference:+.3f} vs {spread_:.3f})" for block, difference, spread_
                      in zip(part["block"], part["mean_difference"], spreads)
                      if np.isfinite(spread_) and abs(difference) > spread_]
