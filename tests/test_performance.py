@@ -93,12 +93,12 @@ def test_markdown_is_shaped_like_the_papers_table(paths):
     text = markdown(performance_table(collect(paths)))
     assert ("| method | targets | rank | trainable params | runs (seeds × folds) | interval over | UAR | WAR "
             "| macro-F1 | UAR seed std |") in text
-    assert ("| iemocap | loso_session | large-v2 | lora | v_proj | 8 | 1,000 | 6 (2 × 3) | range over folds (3) "
+    assert ("| iemocap | loso_session | large-v2 | lora | v_proj | 8 | 1,000 | 6 (2 × 3) | range over 3 folds "
             "| 0.730 ± 0.046 (range 0.690–0.780) | 0.720 ± 0.046 (range 0.680–0.770) "
             "| 0.710 ± 0.046 (range 0.670–0.760) | 0.034 |") in text
-    assert "| frozen (selected on test) |  |  | 1,000 | 1 (1 × 1) | none (1) | 0.600 ± — [—, —] |" in text
+    assert "| frozen (selected on test) |  |  | 1,000 | 1 (1 × 1) | none | 0.600 ± — [—, —] |" in text
     assert text.count("| — |") == 2  # the seed std of the one-seed rows
-    assert "| full (selected on test by WAR) |  |  | 1,000 | 5 (1 × 5) | t95 over folds (5) | 0.974 ± 0.026 [0.942, 1.000] |" in text
+    assert "| full (selected on test by WAR) |  |  | 1,000 | 5 (1 × 5) | t95 over 5 folds | 0.974 ± 0.026 [0.942, 1.000] |" in text
     assert "nan" not in text.lower()
     assert "clipped to [0, 1]" in text
 
@@ -207,3 +207,12 @@ def test_a_bad_reference_file_is_named(paths, tmp_path, rows, match):
     with pytest.raises(InputError, match=rf"reference\.csv: {match}"):
         main(["--metrics", *paths, "--csv", str(tmp_path / "p.csv"), "--md", str(tmp_path / "p.md"),
               "--reference", str(reference)])
+
+
+def test_one_fold_with_two_seeds_shows_their_range_and_says_so(tmp_path):
+    paths = [write_metrics(tmp_path, "lora", seed, 1, uar, uar, uar) for seed, uar in ((0, 0.5), (1, 0.6))]
+    table = performance_table(collect(paths))
+    row = table.iloc[0]
+    assert row["uar_interval"] == "range over seeds (1 fold)"
+    assert (row["uar_ci_low"], row["uar_ci_high"]) == pytest.approx((0.5, 0.6))
+    assert "| range over 2 seeds (1 fold) | 0.550 ± 0.071 (range 0.500–0.600) |" in markdown(table)

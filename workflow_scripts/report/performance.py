@@ -110,6 +110,12 @@ def _cell(row: pd.Series, metric: str) -> str:
     return f"{spread} [{low}, {high}]"
 
 
+def _interval_cell(row: pd.Series) -> str:
+    """What the interval is over, with how many: ``t95 over 5 folds``, ``range over 2 seeds (1 fold)``."""
+    interval = str(row["uar_interval"])
+    return interval if interval == "none" else interval.replace(" over ", f" over {row['units']} ", 1)
+
+
 def _method(row: pd.Series) -> str:
     """The method, marked when its best epoch was chosen on the test fold or not on UAR."""
     if row["select_metric"] == NO_SELECTION:
@@ -146,7 +152,7 @@ def cells(table: pd.DataFrame, ddof0: bool = False) -> list[list[str]]:
         rank = "" if row["rank"] == 0 else str(row["rank"])
         rows.append([row["dataset"], row["protocol"], row["model"], _method(row), targets, rank,
                      f"{row['trainable_parameters']:,}", f"{row['runs']} ({row['seeds']} × {row['folds']})",
-                     f"{row['uar_interval']} ({row['units']})", *(_cell(row, m) for m in METRICS), _number(row["uar_seed_std"]),
+                     _interval_cell(row), *(_cell(row, m) for m in METRICS), _number(row["uar_seed_std"]),
                      *([_number(row[f"{m}_std_ddof0"]) for m in DDOF0_METRICS] if ddof0 else [])])
     return rows
 
