@@ -12,8 +12,9 @@ clips with one fold -- ``interval`` says which). Rows (``finding``, per configur
   with the final decision on more than half of the test clips; summarised over the runs. A run
   where no layer does counts as missing (``missing``) and is left out of the mean. The raw lens
   (no final LayerNorm) is the paper's; the normed lens's last layer *is* the model's decision,
-  so it agrees there by construction. Layer indexing: 0 = the embeddings, L = block L's output =
-  the paper's layer L − 1 (its layers 0..31 are the blocks' outputs); ``detail`` says so.
+  so it agrees there by construction. Layer indexing: 0 = the embeddings, L = the output of block
+  L − 1 (blocks counted from 0) = the paper's layer L − 1 (its layers 0..31 are the blocks'
+  outputs); ``detail`` says so.
 * ``blocks where LoRA − frozen exceeds the seed spread`` (paper F1): per LoRA configuration and
   contribution statistic, the blocks whose paired mean difference LoRA − frozen (the paired
   table's, over fold-level differences) is larger in magnitude than the seed-to-seed spread of the
@@ -49,7 +50,7 @@ from workflow_scripts.report.performance import collect
 log = logging.getLogger(__name__)
 
 AGREEMENT_THRESHOLD = 0.5
-LAYER_INDEXING = "layer 0 = the embeddings, L = block L's output = the paper's layer L − 1"
+LAYER_INDEXING = "layer 0 = the embeddings, L = the output of block L − 1 (blocks from 0) = the paper's layer L − 1"
 NORMED_AT_THE_END = "the normed lens's last layer is the model's own decision: it agrees there by construction"
 QUANTITY_NAMES = {"a_out": "U (A output)", "b_out": "V (B output)", "a_grad": "gU (A gradient)",
                   "b_grad": "gV (B gradient)"}

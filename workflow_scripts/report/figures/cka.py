@@ -75,7 +75,7 @@ def cka_figure(cka: pd.DataFrame, reference: pd.DataFrame | None = None, module:
     """F6: per block, the paper's four CKA pairings (``paper_series``, each in its own kernel):
     forward (top: U trained ~ U untrained, linear; V trained ~ V untrained, RBF) and backward
     (bottom: gV ~ gU within the trained and within the untrained model, RBF), a column per LoRA
-    configuration, each mean with its 95 % band and the permutation null's mean..p95 hatched.
+    configuration, each mean with its band (interval or range) and the permutation null's mean..p95 hatched.
     Defaults: module v_proj (if adapted), the ``flattened`` level with the ``legacy`` estimator
     when the table has it (a legacy capture), else ``utterance`` with the biased estimator, RBF
     bandwidth multiple 1. The paper's values (F6, :mod:`.reference`): panels ``forward``,

@@ -38,7 +38,7 @@ EMBEDDING_PANELS = (("features", "silhouette_features", "silhouette, pooled A ou
 def embedding_quality_figure(embeddings: pd.DataFrame, reference: pd.DataFrame | None = None):
     """F3 (quantified): per block, the silhouette of the emotion classes in the pooled A outputs
     and in their t-SNE map, and the accuracy and UAR of a speaker-grouped kNN vote, a line per
-    configuration (rank) and module with its 95 % band. The paper gives no numbers for F3: a
+    configuration (rank) and module with its band (interval or range). The paper gives no numbers for F3: a
     ``reference`` is checked (:mod:`.reference` accepts no F3 rows) but has nothing to draw."""
     name = "embedding_quality (F3)"
     require_columns(embeddings, name, "aggregated embeddings",

@@ -63,7 +63,7 @@ ERASURE_LABELS = {"delta_uar": "ΔUAR (baseline − erased)", "delta_war": "ΔWA
 def contribution_figure(contribution: pd.DataFrame, paired: pd.DataFrame, reference: pd.DataFrame | None = None):
     """F1: per block, the mean relative norm ‖output‖/‖residual input‖ and the mean cosine with the
     residual input of the attention output, the MLP output and both (columns); for each, LoRA and
-    frozen configurations side by side (bars, 95 % interval as error bars) and below them LoRA −
+    frozen configurations side by side (bars, the interval or range as error bars) and below them LoRA −
     frozen from the paired table, starred where the Holm-corrected paired t p < 0.05.
     The paper's values (F1, :mod:`.reference`): panels the six statistics (``attn_ratio`` ...
     ``layer_cos``), series ``lora``/``frozen``, and the same + ``_difference``, series
@@ -119,7 +119,7 @@ def logit_lens_figure(logit_lens: pd.DataFrame, reference: pd.DataFrame | None =
                       methods=("lora", "frozen")):
     """F2: per layer (0 = embedding output), the mean KL(final ‖ layer) (top) and the agreement of
     the lens's decision with the model's final decision (bottom), a line per configuration of
-    ``methods`` with its 95 % band; the raw lens (the paper's) and the normed lens as columns.
+    ``methods`` with its band (interval or range); the raw lens (the paper's) and the normed lens as columns.
     The paper's values (F2, :mod:`.reference`; drawn on the raw lens): panels ``kl_final_layer``,
     ``agreement``, series ``lora``/``frozen``; the paper's layer l is the output of block l, our
     layer l + 1."""
@@ -162,7 +162,7 @@ def logit_lens_figure(logit_lens: pd.DataFrame, reference: pd.DataFrame | None =
 def lens_comparison_figure(logit_lens: pd.DataFrame):
     """New: the raw lens (the paper's, before the final LayerNorm) against the normed lens (after
     it), per configuration (rows): KL(final ‖ layer), agreement with the final decision and the
-    lens's own UAR (columns), each lens a line with its 95 % band."""
+    lens's own UAR (columns), each lens a line with its band (interval or range)."""
     name = "lens_comparison (new)"
     statistics = tuple(LENS_STATISTICS)
     require_columns(logit_lens, name, "aggregated logit_lens", CONFIGURATION + ("lens", "layer", "statistic") + SUMMARY)
@@ -198,7 +198,7 @@ def lens_comparison_figure(logit_lens: pd.DataFrame):
 @styled
 def probe_figure(probes: pd.DataFrame, probes_paired: pd.DataFrame | None = None, n_classes: int | None = None):
     """New: linear-probe test UAR per layer (0 = embedding output), a line per configuration with
-    its 95 % band and the run's own head (a diamond at the last layer, with its interval); chance
+    its band (interval or range) and the run's own head (a diamond at the last layer, with its interval); chance
     (1/classes) when ``n_classes`` is given. Below, when the paired table is given, LoRA − frozen
     probe UAR per layer, starred where the Holm-corrected paired t p < 0.05."""
     name = "probes (new)"
@@ -264,7 +264,7 @@ def erasure_figure(erasure: pd.DataFrame, statistic: str = "delta_uar"):
     """New: the effect of erasing, per layer, for each erasure condition of erasure.py (a panel
     each): a block skipped, the first k blocks skipped, the LoRA delta removed at one block and
     from one block on; ``statistic`` (default ΔUAR = baseline − erased, positive when the erasure
-    hurts) per configuration with its 95 % band."""
+    hurts) per configuration with its band (interval or range)."""
     name = "erasure (new)"
     require_columns(erasure, name, "aggregated erasure", CONFIGURATION + ("condition", "layer", "statistic") + SUMMARY)
     require_values(erasure, name, "aggregated erasure", "statistic", [statistic])

@@ -203,7 +203,7 @@ def _range_reference(axis, rows: pd.DataFrame, blocks: np.ndarray) -> None:
 def top10_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None, module: str | None = None):
     """F5: per block, the top-10 energy E(10) (share of the energy in the 10 largest singular
     values) of U, gU, V and gV (2 × 2 panels) for one adapted module (default v_proj, the paper's,
-    if adapted), a line per label (trained, lora_random, lora_init) with its 95 % band and a line
+    if adapted), a line per label (trained, lora_random, lora_init) with its band (interval or range) and a line
     style per LoRA configuration. The paper's values (F5, :mod:`.reference`): panels the
     quantities (``a_out`` ...), per label (``trained``, ``lora_random``) the range over layers its
     curve spans (``min``..``max``), drawn as a hatched band across the blocks."""
@@ -258,7 +258,7 @@ def top10_figure(spectra: pd.DataFrame, reference: pd.DataFrame | None = None, m
 def weight_spectra_figure(weight_spectra: pd.DataFrame, methods=None):
     """New: the singular values σ_k of the LoRA update ΔW = s·B·A against k, a row per
     configuration (method, rank), a column per adapted module, a line per block (colour from
-    early to late) with its 95 % band; a log scale when every value shown is positive and they
+    early to late) with its band (interval or range); a log scale when every value shown is positive and they
     span more than a decade. Configurations whose ΔW is zero everywhere (lora_init: B = 0) get no
     row: the title lists them."""
     name = "weight_spectra (new)"

@@ -1,5 +1,5 @@
 """The report figures' drawing helpers, shared by every family: seaborn's style, means with
-their 95 % bands, grouped bars with error bars, Holm stars, notes, one legend per figure,
+their bands (interval or range), grouped bars with error bars, Holm stars, notes, one legend per figure,
 readable axes, block ticks and the paper's values as an overlay."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def styled(function: Callable) -> Callable:
 
 def draw_band(axis, x, rows: pd.DataFrame, colour, label: str, value: str = "mean", linestyle: str = "-",
               marker: str = "o", zorder: float = 2.0):
-    """The mean as a line with markers, and the 95 % interval as a band where the table has one."""
+    """The mean as a line with markers, and the interval (or range) as a band where the table has one."""
     order = np.argsort(_numbers(x), kind="stable")
     xs = _numbers(x)[order]
     mean = _numbers(rows[value])[order]
@@ -160,7 +160,7 @@ def finish_axes(figure) -> None:
             axis.set_ylim(centre - half, centre + half)  # contains the data: they lie within rounding of centre
 
 
-def band_handle(label: str = "95 % interval across runs"):
+def band_handle(label: str = "band: interval or range over runs (the title says which)"):
     from matplotlib.patches import Patch
 
     return Patch(facecolor="grey", alpha=BAND_ALPHA, label=label)

@@ -34,7 +34,7 @@ SUBSPACE_MEASURES = {"mean_cos2": "mean cos² of the principal angles", "max_cos
 def subspace_figure(subspaces: pd.DataFrame):
     """New: principal-angle similarity of the column spaces of ΔW between runs that differ in
     seed, rank or fold (``differs``, a colour each), per block, a column per module: the mean cos²
-    of the principal angles with its 95 % band and the chance level of random subspaces of the
+    of the principal angles with its band (interval or range) and the chance level of random subspaces of the
     same dimensions (dashed); the largest cosine too when the table has a ``measure`` column."""
     name = "subspaces (new)"
     fields = tuple(f for f in CONFIGURATION if f != "rank")
@@ -78,7 +78,7 @@ def subspace_figure(subspaces: pd.DataFrame):
             axis.set_xlabel("encoder block")
             set_block_ticks(axis, subspaces["block"])
     finish_axes(figure)
-    figure_legend(figure, axes, [band_handle("95 % interval across run pairs")])
+    figure_legend(figure, axes, [band_handle("band: interval or range over run pairs (the title says which)")])
     figure.suptitle(title_text("Principal angles between the ΔW column spaces of two runs", configurations,
                                runs_text([subspaces], noun="run pair")), fontsize=10)
     return figure
