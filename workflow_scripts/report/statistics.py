@@ -79,7 +79,7 @@ def _check_confidence(confidence: float) -> float:
     return float(confidence)
 
 
-def interval_label(kind: str, units: int, multi_fold: bool, fold_noun: str = "folds",
+def interval_label(kind: str, multi_fold: bool, fold_noun: str = "folds",
                    confidence: float = CONFIDENCE) -> str:
     """What an interval is and what it is over, e.g. ``"t95 over folds"``, ``"range over seeds (1 fold)"``."""
     if kind == NO_INTERVAL:
@@ -172,7 +172,7 @@ def nested_summaries(groups: np.ndarray, folds: Sequence, values: np.ndarray, n_
 
     fold_count = counts["folds"].fillna(0).to_numpy(dtype=np.int64)
     nouns = [fold_noun] * n_groups if isinstance(fold_noun, str) else list(fold_noun)
-    interval = [interval_label(interval_kind(int(size[g])), int(size[g]), fold_count[g] >= 2, nouns[g], confidence)
+    interval = [interval_label(interval_kind(int(size[g])), fold_count[g] >= 2, nouns[g], confidence)
                 for g in range(n_groups)]
     return pd.DataFrame({
         "runs": counts["runs"].fillna(0).to_numpy(dtype=np.int64), "units": size, "folds": fold_count,
