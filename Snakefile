@@ -18,6 +18,7 @@ include: "rules/models.smk"
 include: "rules/train.smk"
 include: "rules/capture.smk"
 include: "rules/analyses.smk"
+include: "rules/dynamics.smk"
 include: "rules/report.smk"
 
 

@@ -21,6 +21,8 @@ from workflow_scripts.config import config_hash, validate_config
 from workflow_scripts.stage_settings import as_json
 from workflow_scripts.data.audio_cache import audio_cache_settings
 from workflow_scripts.data.folds import PROTOCOLS, fold_settings
+from workflow_scripts.dynamics.plan import BASE as DYNAMICS_BASE, final_checkpoint
+from workflow_scripts.dynamics.settings import dynamics_settings
 from workflow_scripts.grid import (
     EMBEDDING_GROUP,
     SUBSPACE_GROUP,
@@ -32,6 +34,7 @@ from workflow_scripts.grid import (
 )
 from workflow_scripts.report.captions import describe_runs, figure_caption
 from workflow_scripts.report.figures.registry import FIGURES
+from workflow_scripts.train.checkpoints import CHECKPOINT_PATTERN
 from workflow_scripts.runs import (
     LORA_METHODS,
     METHODS,
@@ -73,6 +76,7 @@ wildcard_constraints:
     seed=r"\d+",
     fold=r"\d+",
     analysis="|".join(ANALYSES),
+    checkpoint=CHECKPOINT_PATTERN,
 
 
 # Every stage's settings are a typed, frozen dataclass built once from the validated config
@@ -94,6 +98,16 @@ def capture_params(dataset, kind):
 def analysis_params(section, dataset=None):
     """The params of the analyses that read ``analyses.<section>`` (erasure's depend on the dataset)."""
     return SETTINGS_OF_SECTION[section].from_config(config, dataset).params()
+
+
+@functools.cache
+def dynamics_params(name):
+    """The params of a training-dynamics job (``dynamics:`` and, for the readouts, ``analyses.probes``)."""
+    return dynamics_settings(name, config).params()
+
+
+# The references of every change the dynamics measure: the base (epoch0) and the final checkpoint.
+DYNAMICS_FINAL = final_checkpoint(config)
 
 
 def manifest_spec_json(wildcards):
@@ -329,7 +343,15 @@ def report_outputs():
     outputs += [f"results/report/tables/{name}.paired.parquet" for name in PAIRED if name in analyses]
     outputs += [f"results/report/figures/{name}.{suffix}" for name in report_figures() for suffix in ("png", "svg")]
     outputs += ["results/report/findings.csv", "results/report/findings.html", "results/report/config.html"]
+    if grid().runs_in("dynamics"):
+        outputs += DYNAMICS_SUMMARY_OUTPUTS
     return outputs
+
+
+#: What the dynamics summary writes (rules/dynamics.smk), when the grid has dynamics.
+DYNAMICS_SUMMARY_OUTPUTS = ["results/report/tables/dynamics_onsets.parquet",
+                            "results/report/tables/dynamics_summary.parquet",
+                            "results/report/dynamics_findings.csv"]
 
 
 # The paper's values read from its figures (data kept in the repository).
@@ -433,5 +455,8 @@ def final_outputs(wildcards):
     stores = [f"results/acts/{run.id}/acts.zarr" for run in grid().runs_in("readouts")]
     stores += [f"results/acts/{run.id}/grads.zarr" for run in training_runs()]
     analyses = [path for name in ANALYSES for path in analysis_outputs(name)]
+    # The training dynamics: each analysed checkpoint's store (the tables are analyses above).
+    stores += [f"results/acts/{run.id}/checkpoints/{checkpoint}.zarr" for run in grid().runs_in("dynamics")
+               for checkpoint in grid().dynamics_checkpoints]
     tables = ["results/tables/performance.csv", "results/tables/performance.md", "results/report/performance.html"]
     return data + features + models + runs + stores + analyses + tables + report_outputs()

@@ -28,6 +28,7 @@ from functools import cached_property
 
 from workflow_scripts.analyses.registry import analysis_spec
 from workflow_scripts.runs import LORA_METHODS, NO_TARGETS, RUN_PATTERN, TRAINED_METHODS, Run, expand_grid
+from workflow_scripts.train.checkpoints import KEEPING_METHODS
 
 #: The untrained LoRA references of a trained LoRA run: the same run but for the method.
 UNTRAINED_REFERENCES = ("lora_random", "lora_init")
@@ -55,8 +56,11 @@ def frozen_run(run: Run) -> Run:
 class Grid:
     """Every run of a config and the relations the rules look up (see the module docstring)."""
 
-    def __init__(self, runs, reference_readouts: bool = False, erasure_references: bool = False):
+    def __init__(self, runs, reference_readouts: bool = False, erasure_references: bool = False,
+                 dynamics_checkpoints: tuple[str, ...] = ()):
         self.runs: tuple[Run, ...] = tuple(sorted(set(runs), key=lambda run: run.id))
+        #: The checkpoints the training dynamics analyse (``workflow_scripts.dynamics.plan``).
+        self.dynamics_checkpoints = tuple(dynamics_checkpoints)
         self.by_id: dict[str, Run] = {run.id: run for run in self.runs}
         self.reference_readouts = reference_readouts
         self.erasure_references = erasure_references
@@ -67,9 +71,12 @@ class Grid:
     def from_config(cls, config: dict, folds_of: Callable[[str, str], list[int]]) -> "Grid":
         """The grid of a validated config; ``folds_of(dataset, protocol)`` lists a protocol's
         folds (read only where ``training.folds`` is ``all``)."""
+        from workflow_scripts.dynamics.plan import analysed_checkpoints
+
         return cls(expand_grid(config, folds_of),
                    reference_readouts=config["analyses"]["reference_readouts"],
-                   erasure_references=config["analyses"]["erasure"]["references"])
+                   erasure_references=config["analyses"]["erasure"]["references"],
+                   dynamics_checkpoints=analysed_checkpoints(config))
 
     def __contains__(self, run: Run) -> bool:
         return run.id in self.by_id
@@ -152,6 +159,8 @@ class Grid:
             "lora_with_frozen": lora_with_frozen,
             "lora_with_references": tuple(run for run in runs if run.id in self._references),
             "later_seeds": tuple(run for run, _ in self.seed_pairs),
+            # The training dynamics: the runs that keep checkpoints, when some are analysed.
+            "dynamics": tuple(run for run in runs if run.method in KEEPING_METHODS) if self.dynamics_checkpoints else (),
         }
 
     def runs_in(self, run_set: str) -> tuple[Run, ...]:
@@ -169,11 +178,15 @@ class Grid:
     # --- per analysis (through the registry) -----------------------------------------------------
 
     def units(self, analysis: str) -> tuple[str, ...]:
-        """The sorted ids of what ``analysis`` has one table of: runs, or comparison groups."""
+        """The sorted ids of what ``analysis`` has one table of: runs, comparison groups, or a
+        run's checkpoints (``<run id>/<checkpoint>``)."""
         if analysis not in self._units:
             spec = analysis_spec(analysis)
             if spec.unit == "group":
                 ids = self.group_runs(spec.applies_to)
+            elif spec.unit == "checkpoint":
+                ids = (f"{run.id}/{checkpoint}" for run in self.runs_in(spec.applies_to)
+                       for checkpoint in self.dynamics_checkpoints)
             else:
                 ids = (run.id for run in self.runs_in(spec.applies_to))
             self._units[analysis] = tuple(sorted(ids))

@@ -37,7 +37,9 @@ class TableSpec:
     what one row's sample is, ``"runs"`` or ``"pairs"`` (subspaces); ``run``: the column naming
     the sample (a run id; the group id for embeddings and subspaces); ``configuration``: the
     configuration columns; ``measures``: value columns stacked into (``measure``, ``value``) first;
-    ``derived``: keys computed from other columns by ``report.aggregate.prepare_table``.
+    ``derived``: keys computed from other columns by ``report.aggregate.prepare_table``;
+    ``sample``: columns that, with ``run``, name one table's sample (``checkpoint`` for the
+    training dynamics, whose tables are one per run and checkpoint).
     """
 
     keys: tuple[str, ...]
@@ -49,6 +51,7 @@ class TableSpec:
     configuration: tuple[str, ...] = CONFIGURATION
     measures: tuple[str, ...] = ()
     derived: tuple[str, ...] = ()
+    sample: tuple[str, ...] = ()
 
     @property
     def required_columns(self) -> list[str]:
@@ -66,8 +69,10 @@ class TableSpec:
 class AnalysisSpec:
     """One analysis.
 
-    ``unit``: ``"run"`` (a table per run: ``results/analyses/{name}/{run id}.parquet``) or
-    ``"group"`` (a table per comparison group). ``applies_to``: for a per-run analysis the
+    ``unit``: ``"run"`` (a table per run: ``results/analyses/{name}/{run id}.parquet``),
+    ``"checkpoint"`` (a table per run and kept checkpoint:
+    ``results/analyses/{name}/{run id}/{checkpoint}.parquet``) or ``"group"`` (a table per
+    comparison group). ``applies_to``: for a per-run (or per-checkpoint) analysis the
     :attr:`Grid.run_sets` entry it is computed for, for a per-group one the group kind
     (``"subspace"``, ``"embedding"``). ``section``: the ``analyses.<section>`` it reads (None:
     no settings). ``outputs``: the suffixes of the files each table comes with (the table's
@@ -88,6 +93,10 @@ class AnalysisSpec:
 
 
 READOUTS, GEOMETRY, CKA, EMBEDDINGS = "2 readouts", "3 subspace geometry", "4 CKA", "5 embeddings"
+DYNAMICS = "6 training dynamics"
+#: What a training-dynamics table carries besides its keys: the checkpoint's optimiser steps and
+#: epochs (both depend on the fold's training-set size, so they are averaged, not keys).
+CHECKPOINT_EXTRAS = ("step", "epoch")
 
 #: Every analysis, in the order the report lists them.
 ANALYSES: dict[str, AnalysisSpec] = {spec.name: spec for spec in (
@@ -135,6 +144,23 @@ ANALYSES: dict[str, AnalysisSpec] = {spec.name: spec for spec in (
                  outputs=("parquet", "coords.parquet", *FIGURE_SUFFIXES, "pca.png", "pca.svg"),
                  table=TableSpec(keys=("block", "module", "space", "statistic"), extras=("clips",),
                                  layer="block", run="group")),
+    # The training dynamics (rules/dynamics.smk): one table per run and kept checkpoint.
+    AnalysisSpec("dynamics_representation", "checkpoint", "dynamics", "dynamics_representation",
+                 category=DYNAMICS, figures=("dynamics_heatmaps",), outputs=("parquet",),
+                 table=TableSpec(keys=("checkpoint", "reference", "layer"),
+                                 extras=(*CHECKPOINT_EXTRAS, *CKA_NULL, "clips"), layer="layer",
+                                 sample=("checkpoint",))),
+    AnalysisSpec("dynamics_readouts", "checkpoint", "dynamics", "dynamics_readouts", category=DYNAMICS,
+                 outputs=("parquet",),
+                 table=TableSpec(keys=("checkpoint", "readout", "layer", "statistic"),
+                                 extras=(*CHECKPOINT_EXTRAS, "clips"), layer="layer", sample=("checkpoint",))),
+    AnalysisSpec("dynamics_weights", "checkpoint", "dynamics", None, category=DYNAMICS, outputs=("parquet",),
+                 table=TableSpec(keys=("checkpoint", "block", "module", "statistic"), extras=CHECKPOINT_EXTRAS,
+                                 layer="block", sample=("checkpoint",))),
+    AnalysisSpec("dynamics_intruders", "checkpoint", "dynamics", "dynamics_intruders", category=DYNAMICS,
+                 figures=("dynamics_intruders",), outputs=("parquet",),
+                 table=TableSpec(keys=("checkpoint", "block", "module", "epsilon"), extras=(*CHECKPOINT_EXTRAS, "k"),
+                                 layer="block", sample=("checkpoint",))),
 )}
 
 #: The analyses the report pairs LoRA − frozen (paired t and Wilcoxon, Holm across layers).

@@ -125,9 +125,12 @@ def _subspace_group_ids(frame: pd.DataFrame) -> pd.Series:
 
 
 def sample_ids(frame: pd.DataFrame, analysis: str) -> list[str]:
-    """The distinct run ids (group ids for embeddings and subspaces) a table has rows of."""
+    """The distinct run ids (group ids for embeddings and subspaces; ``run/checkpoint`` for the
+    training dynamics) a table has rows of."""
     spec = table_spec(analysis)
-    ids = _subspace_group_ids(frame) if analysis == "subspaces" else frame[spec.run]
+    ids = _subspace_group_ids(frame) if analysis == "subspaces" else frame[spec.run].astype(str)
+    for column in spec.sample:  # a run's checkpoint: "<run id>/<checkpoint>", the grid's unit id
+        ids = ids + "/" + frame[column].astype(str)
     return sorted(pd.unique(ids.astype(str)))
 
 

@@ -136,14 +136,14 @@ def require_checkpoint(run_id: str, run_dir: str | Path, checkpoint: str, kept: 
     if path.is_file():
         return path
     folder = Path(run_dir) / FOLDER
-    rerun = (f"to add it, rerun that run only: snakemake --forcerun {Path(run_dir) / 'metrics.json'} "
-             "(its downstream jobs follow)")
+    rerun = (f"rerun that run only: snakemake --forcerun {Path(run_dir) / 'metrics.json'} "
+             "(the jobs that read it follow)")
     if not folder.is_dir():
         raise InputError(f"{run_id}: the run keeps no checkpoints ({folder} does not exist): it was trained "
                          f"before loralens kept them, or without training.checkpoints; {checkpoint} is asked for. "
-                         f"Set training.checkpoints to keep {checkpoint} and {rerun}")
+                         f"To add it, set training.checkpoints to keep {checkpoint} and {rerun}")
     found = sorted((p.name.removesuffix(".safetensors") for p in folder.glob("*.safetensors")), key=checkpoint_order)
     wanted = f" (training.checkpoints now keeps {kept})" if kept is not None else ""
     raise InputError(f"{run_id}: checkpoint {checkpoint} was not kept: {folder} holds {found or 'none'}, "
-                     f"as training.checkpoints was when the run trained{wanted}; add {checkpoint} to "
+                     f"as training.checkpoints was when the run trained{wanted}. To add it, keep {checkpoint} in "
                      f"training.checkpoints and {rerun}")
