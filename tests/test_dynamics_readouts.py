@@ -225,7 +225,7 @@ def test_wrong_references_and_non_checkpoint_stores_are_refused(stores, tmp_path
         representation_change(plain, base, final, SETTINGS)
 
 
-def test_a_split_with_fewer_than_four_clips_is_named(stores):
+def test_the_split_is_dynamics_split_and_one_without_four_clips_is_named(stores):
     few = RepresentationSettings.from_spec({"split": "train"})
     table = representation_change(stores["middle"], stores["base"], stores["final"], few)
     assert (table["clips"] == 4 * PER_CLASS["train"]).all()
