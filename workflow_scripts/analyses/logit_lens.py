@@ -88,12 +88,14 @@ def head_weights(model) -> tuple[tuple, tuple]:
     return tuple(tuple(t.detach().double().numpy() for t in (m.weight, m.bias)) for m in (hf.projector, hf.classifier))
 
 
-def store_lens(store, projector: tuple, classifier: tuple, split: str) -> pd.DataFrame:
-    """Both lenses over a store's clips of one split: lens, layer, statistic, value, clips."""
+def store_lens(store, projector: tuple, classifier: tuple, split: str,
+               split_key: str = "analyses.logit_lens.split") -> pd.DataFrame:
+    """Both lenses over a store's clips of one split: lens, layer, statistic, value, clips.
+    ``split_key`` is the config key that chose ``split`` (errors name it)."""
     utterances = store.utterances()
     chosen = (utterances["split"] == split).to_numpy()
     if not chosen.any():
-        raise InputError(f"analyses.logit_lens.split: {store.path} has no {split!r} clips")
+        raise InputError(f"{split_key}: {store.path} has no {split!r} clips")
     final = store.logits()[chosen]
     labels = utterances["label"].to_numpy()[chosen]
     tables = []
