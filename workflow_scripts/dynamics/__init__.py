@@ -1,0 +1,1 @@
+"""Training dynamics: what changes in a LoRA run between its kept checkpoints (issue 20)."""
