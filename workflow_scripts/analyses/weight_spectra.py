@@ -113,22 +113,12 @@ def _load_tensors(path: Path) -> dict[str, np.ndarray]:
 Factors = dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]
 
 
-def adapter_matrices(weights_dir: str | Path) -> tuple[Factors, float, int]:
-    """A LoRA run's factors, in float64: ``{(block, module): (A [r, d_in], B [d_out, r])}``
-    (sorted by block, then module in :data:`MODULES` order), the scaling s and the rank r."""
-    folder = Path(weights_dir)
-    weights_path, config_path = folder / ADAPTER_WEIGHTS, folder / ADAPTER_CONFIG
-    if not weights_path.is_file():
-        if (folder / FROZEN_HEAD).is_file():
-            raise InputError(f"{weights_path}: missing; {folder} holds only {FROZEN_HEAD} (a run without "
-                             "LoRA, e.g. frozen), so it has no ΔW")
-        raise InputError(f"{weights_path}: missing (no LoRA adapter in {folder})")
-    if not config_path.is_file():
-        raise InputError(f"{config_path}: missing (the adapter's rank and alpha are there)")
-    config = _read_adapter_config(config_path)
-    rank = config["r"]
-    tensors = _load_tensors(weights_path)
-
+def lora_factors(tensors: dict[str, np.ndarray], source: str | Path, rank: int) -> Factors:
+    """The LoRA factors among ``tensors`` (name -> array, PEFT's names), in float64:
+    ``{(block, module): (A [r, d_in], B [d_out, r])}`` sorted by block, then module in
+    :data:`MODULES` order; other tensors (the head) are ignored. An :class:`InputError` names
+    ``source`` (the file they came from) for unknown LoRA keys, a missing factor, shapes that are
+    not rank ``rank``, or non-finite values."""
     factors: dict[tuple[int, str], dict[str, np.ndarray]] = {}
     unknown = []
     for key, tensor in tensors.items():
@@ -141,9 +131,9 @@ def adapter_matrices(weights_dir: str | Path) -> tuple[Factors, float, int]:
         factors.setdefault((int(match["block"]), module), {})[match["factor"]] = tensor
     if unknown:
         raise InputError(describe_offenders(
-            f"{weights_path}: {len(unknown)} LoRA keys are not encoder {'/'.join(MODULES)} factors", unknown))
+            f"{source}: {len(unknown)} LoRA keys are not encoder {'/'.join(MODULES)} factors", unknown))
     if not factors:
-        raise InputError(f"{weights_path}: no LoRA factors (keys like "
+        raise InputError(f"{source}: no LoRA factors (keys like "
                          "'...encoder.layers.0.self_attn.v_proj.lora_A.weight')")
 
     problems = []
@@ -164,7 +154,25 @@ def adapter_matrices(weights_dir: str | Path) -> tuple[Factors, float, int]:
         matrices[(block, module)] = (a, b)
     if problems:
         raise InputError(describe_offenders(
-            f"{weights_path}: {len(problems)} adapted modules are malformed", problems))
+            f"{source}: {len(problems)} adapted modules are malformed", problems))
+    return matrices
+
+
+def adapter_matrices(weights_dir: str | Path) -> tuple[Factors, float, int]:
+    """A LoRA run's factors, in float64: ``{(block, module): (A [r, d_in], B [d_out, r])}``
+    (sorted by block, then module in :data:`MODULES` order), the scaling s and the rank r."""
+    folder = Path(weights_dir)
+    weights_path, config_path = folder / ADAPTER_WEIGHTS, folder / ADAPTER_CONFIG
+    if not weights_path.is_file():
+        if (folder / FROZEN_HEAD).is_file():
+            raise InputError(f"{weights_path}: missing; {folder} holds only {FROZEN_HEAD} (a run without "
+                             "LoRA, e.g. frozen), so it has no ΔW")
+        raise InputError(f"{weights_path}: missing (no LoRA adapter in {folder})")
+    if not config_path.is_file():
+        raise InputError(f"{config_path}: missing (the adapter's rank and alpha are there)")
+    config = _read_adapter_config(config_path)
+    rank = config["r"]
+    matrices = lora_factors(_load_tensors(weights_path), weights_path, rank)
     return matrices, adapter_scaling(config), rank
 
 

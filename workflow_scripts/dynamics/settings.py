@@ -71,3 +71,62 @@ class ReadoutSettings(StageSettings):
                              f"(dynamics.split) only, not {extra}")
         split = _dynamics_keys(cls, {"split": spec["split"]} if "split" in spec else {}, ("split",))["split"]
         return cls(probes=ProbeSettings.from_spec(spec.get("probes")), split=split)
+
+
+@dataclass(frozen=True)
+class IntruderSettings(StageSettings):
+    """``dynamics.intruders``: how many top singular vectors of the adapted matrix are examined
+    (k), and the cosine thresholds below which one is an intruder (epsilons)."""
+
+    SECTION = "dynamics.intruders"
+    k: int
+    epsilons: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, config: dict) -> "IntruderSettings":
+        return cls.from_mapping(config["dynamics"]["intruders"])
+
+
+@dataclass(frozen=True)
+class SummarySettings(StageSettings):
+    """``dynamics.{lens_agreement, probe_fraction}``: the thresholds of the emergence checkpoints."""
+
+    SECTION = "dynamics"
+    lens_agreement: float
+    probe_fraction: float
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls.from_mapping({field.name: config["dynamics"][field.name] for field in dataclasses.fields(cls)})
+
+    @classmethod
+    def from_spec(cls, spec: dict | None):
+        return cls.from_mapping(_dynamics_keys(cls, spec, tuple(f.name for f in dataclasses.fields(cls))))
+
+
+@dataclass(frozen=True)
+class NoSettings(StageSettings):
+    """A dynamics job that reads no setting (the weight change): its params are ``{}``."""
+
+    SECTION = "dynamics"
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls()
+
+
+#: The settings each training-dynamics job reads (by rule name).
+SETTINGS_OF_JOB: dict[str, type[StageSettings]] = {
+    "dynamics_representation": RepresentationSettings,
+    "dynamics_readouts": ReadoutSettings,
+    "dynamics_weights": NoSettings,
+    "dynamics_intruders": IntruderSettings,
+    "dynamics_summary": SummarySettings,
+}
+
+
+def dynamics_settings(name: str, config: dict) -> StageSettings:
+    """The typed settings training-dynamics job ``name`` reads from the validated config."""
+    if name not in SETTINGS_OF_JOB:
+        raise KeyError(f"unknown dynamics job {name!r}; known: {sorted(SETTINGS_OF_JOB)}")
+    return SETTINGS_OF_JOB[name].from_config(config)
