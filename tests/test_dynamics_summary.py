@@ -134,6 +134,8 @@ def test_without_a_second_seed_the_onset_is_undefined_and_says_why():
                         cka_seeds({run(1): {0: 0.7}}), THRESHOLDS)  # a floor of fold 1 only
     onset = row_of(table, run(0, fold=3), "onset", 0)
     assert onset["outcome"] == UNDEFINED and np.isnan(onset["epoch"]) and "two seeds" in onset["note"]
+    summary = summary_table(table).set_index("quantity").loc["onset"]
+    assert summary["undefined"] == 1 and summary["missing"] == 1 and "two seeds" in summary["note"]
     no_tables = onset_table(representation({run(0): {0: [1.0, 0.5, 0.4, 0.3]}}),
                             readouts({run(0): {("probe", "uar", 0): [0.2, 0.3, 0.4, 0.5]}}), None, THRESHOLDS)
     assert row_of(no_tables, run(0), "onset", 0)["outcome"] == UNDEFINED

@@ -25,7 +25,8 @@ Each row has the checkpoint id, its step and epoch, the ``threshold`` used, and 
 **Summary** (:func:`summary_table`): per configuration, quantity and layer, the epochs summarised
 with :func:`workflow_scripts.report.statistics.nested_summaries` (each fold's seeds averaged first,
 the interval over the fold means -- or over the seeds with one fold -- as ``interval`` says); runs
-that never reach it are left out of the mean and counted in ``never`` (and ``missing``).
+that never reach it are left out of the mean and counted in ``never`` (and ``missing``); those
+where it is undefined in ``undefined`` (and ``missing``), with the reason in ``note``.
 
 **Findings** (:func:`findings_rows`; the columns of :data:`workflow_scripts.report.findings.COLUMNS`),
 per configuration, for the onset and for the probe emergence:
@@ -70,7 +71,7 @@ QUANTITIES = (ONSET, *LENS_EMERGENCE.values(), PROBE_EMERGENCE)
 REACHED, NEVER, UNDEFINED = "reached", "never", "undefined"
 ONSET_COLUMNS = [*RUN_KEYS, "quantity", "layer", "threshold", *CHECKPOINT_COLUMNS, "outcome", "note"]
 SUMMARY_TABLE_COLUMNS = [*CONFIGURATION, "quantity", "layer", "seeds", "folds", "never", "undefined",
-                         *[c for c in SUMMARY_COLUMNS if c != "folds"]]
+                         *[c for c in SUMMARY_COLUMNS if c != "folds"], "note"]
 NO_FLOOR = ("no seed-to-seed floor: the onset needs two seeds of the configuration in this fold "
             "(their cka_seeds table)")
 #: The seed floor's view of the cka_seeds table (analyses.cka.pairings.layer_cka).
@@ -243,7 +244,9 @@ def summary_table(onset_rows: pd.DataFrame) -> pd.DataFrame:
         never=onset_rows["outcome"] == NEVER, undefined=onset_rows["outcome"] == UNDEFINED,
         counted_seed=onset_rows["seed"].where(onset_rows["outcome"] == REACHED)).groupby(
         by, dropna=False, sort=True).agg(never=("never", "sum"), undefined=("undefined", "sum"),
-                                         seeds=("counted_seed", "nunique")).reset_index(drop=True)
+                                         seeds=("counted_seed", "nunique"),
+                                         note=("note", lambda notes: "; ".join(sorted({n for n in notes if n})))
+                                         ).reset_index(drop=True)
     table = pd.concat([keys, summary, counts], axis=1)
     order = {quantity: i for i, quantity in enumerate(QUANTITIES)}
     table = table.assign(_q=table["quantity"].map(order)).sort_values([*CONFIGURATION, "_q", "layer"], kind="stable")
