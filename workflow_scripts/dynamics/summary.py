@@ -57,6 +57,7 @@ from scipy import stats
 
 from workflow_scripts.analyses.registry import CONFIGURATION
 from workflow_scripts.errors import InputError, describe_offenders
+from workflow_scripts.report.findings import COLUMNS
 from workflow_scripts.report.statistics import SUMMARY_COLUMNS, nested_summaries, summarize
 from workflow_scripts.train.checkpoints import checkpoint_order
 
@@ -326,8 +327,6 @@ def seed_order_row(configuration: dict, runs: pd.DataFrame, quantity: str) -> di
 
 def findings_rows(onset_rows: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     """The four findings per configuration (module docstring), in findings.py's columns."""
-    from workflow_scripts.report.findings import COLUMNS
-
     rows = []
     for quantity in (ONSET, PROBE_EMERGENCE):
         part = onset_rows[onset_rows["quantity"] == quantity]
