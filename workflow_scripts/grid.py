@@ -159,8 +159,10 @@ class Grid:
             "lora_with_frozen": lora_with_frozen,
             "lora_with_references": tuple(run for run in runs if run.id in self._references),
             "later_seeds": tuple(run for run, _ in self.seed_pairs),
-            # The training dynamics: the runs that keep checkpoints, when some are analysed.
+            # The training dynamics: the runs that keep checkpoints, when some are analysed; the
+            # weight change and intruders are measured on LoRA's factors, so on the lora runs.
             "dynamics": tuple(run for run in runs if run.method in KEEPING_METHODS) if self.dynamics_checkpoints else (),
+            "dynamics_lora": tuple(run for run in runs if run.method == "lora") if self.dynamics_checkpoints else (),
         }
 
     def runs_in(self, run_set: str) -> tuple[Run, ...]:

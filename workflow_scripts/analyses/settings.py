@@ -116,12 +116,18 @@ SETTINGS_OF_SECTION: dict[str, type[AnalysisSettings]] = {
 }
 
 
-def settings_of(name: str, config: dict, dataset: str) -> AnalysisSettings | None:
+def settings_of(name: str, config: dict, dataset: str) -> StageSettings | None:
     """The typed settings analysis ``name`` reads for a run on ``dataset`` (None: it has none)."""
     if name not in SECTIONS:
         raise KeyError(f"unknown analysis {name!r}; known: {sorted(SECTIONS)}")
     section = SECTIONS[name]
-    return None if section is None else SETTINGS_OF_SECTION[section].from_config(config, dataset)
+    if section is None:
+        return None
+    if section.startswith("dynamics_"):  # the training dynamics' jobs read dynamics: (and analyses.probes)
+        from workflow_scripts.dynamics.settings import dynamics_settings
+
+        return dynamics_settings(section, config)
+    return SETTINGS_OF_SECTION[section].from_config(config, dataset)
 
 
 def erasure_settings(config: dict, dataset: str) -> dict:
@@ -134,4 +140,6 @@ def analysis_settings(name: str, config: dict, dataset: str) -> dict:
     under ``config``: what its rule passes, as its module resolves it. The report compares them
     with each table's, to refuse tables from an older config."""
     settings = settings_of(name, config, dataset)
-    return {} if settings is None else settings.provenance()
+    if settings is None:
+        return {}
+    return settings.provenance() if isinstance(settings, AnalysisSettings) else settings.as_dict()

@@ -28,6 +28,9 @@ clips with one fold -- ``interval`` says which). Rows (``finding``, per configur
   the same dataset, protocol, model, seed and fold (from each run's ``metrics.json``), per
   dataset, protocol, model, targets and rank.
 
+Rows made elsewhere in the same columns are appended after these, unchanged (``--dynamics``: the
+training-dynamics findings of :mod:`workflow_scripts.dynamics.summary`).
+
 Writes ``findings.csv`` (every number) and ``findings.html`` (the same as a table, for the report).
 """
 
@@ -179,10 +182,15 @@ def uar_difference(performance_runs: pd.DataFrame) -> list[dict]:
 
 
 def findings_table(lens: pd.DataFrame, contribution: pd.DataFrame, paired_contribution: pd.DataFrame,
-                   spectra_comparison: pd.DataFrame, performance_runs: pd.DataFrame) -> pd.DataFrame:
+                   spectra_comparison: pd.DataFrame, performance_runs: pd.DataFrame,
+                   extra: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every finding; ``extra`` rows (already in :data:`COLUMNS`) appended after them."""
     rows = (first_agreeing_layer(lens) + contribution_beyond_spread(contribution, paired_contribution)
             + k90_ratios(spectra_comparison) + uar_difference(performance_runs))
-    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    if extra is not None and len(extra):
+        table = pd.concat([table, extra.reindex(columns=COLUMNS)], ignore_index=True)
+    return table
 
 
 def _number(value) -> str:
@@ -220,6 +228,21 @@ def read_runs(paths: list[str], what: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def read_extra_rows(paths: list[str]) -> pd.DataFrame:
+    """Findings rows made elsewhere (CSV files in :data:`COLUMNS`, e.g. the dynamics summary's)."""
+    frames = []
+    for path in paths:
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, ValueError) as error:
+            raise InputError(f"findings: cannot read the extra findings rows {path}: {error}") from error
+        missing = [column for column in COLUMNS if column not in frame.columns]
+        if missing:
+            raise InputError(f"findings: {path} is not a table of findings rows: it lacks columns {missing}")
+        frames.append(frame[COLUMNS])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = entry_parser("workflow_scripts.report.findings", __doc__, settings=False)
     parser.add_argument("--logit-lens", nargs="+", required=True, help="per-run logit_lens tables")
@@ -227,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paired-contribution", required=True, help="the paired LoRA − frozen contribution table")
     parser.add_argument("--spectra-comparison", nargs="+", required=True, help="per-run spectra_comparison tables")
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every run")
+    parser.add_argument("--dynamics", nargs="+", default=[],
+                        help="findings rows of the training dynamics (CSV, these columns), appended")
     parser.add_argument("--out", required=True, help="findings.csv; findings.html goes beside it")
     args = parser.parse_args(argv)
 
@@ -235,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     table = findings_table(read_runs(args.logit_lens, "logit_lens"), read_runs(args.contribution, "contribution"),
                            read_runs([args.paired_contribution], "paired contribution"),
                            read_runs(args.spectra_comparison, "spectra_comparison"),
-                           collect(args.metrics))
+                           collect(args.metrics), read_extra_rows(args.dynamics))
     out = Path(args.out)
     write_table(out, table, provenance=provenance("findings", {"agreement_threshold": AGREEMENT_THRESHOLD}))
     with atomic_path(out.with_suffix(".html")) as tmp:
