@@ -351,7 +351,7 @@ def report_outputs():
 #: What the dynamics summary writes (rules/dynamics.smk), when the grid has dynamics.
 DYNAMICS_SUMMARY_OUTPUTS = ["results/report/tables/dynamics_onsets.parquet",
                             "results/report/tables/dynamics_summary.parquet",
-                            "results/report/dynamics_findings.csv"]
+                            "results/report/dynamics_findings.csv", "results/report/dynamics_summary.html"]
 
 
 # The paper's values read from its figures (data kept in the repository).

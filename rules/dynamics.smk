@@ -152,8 +152,14 @@ rule dynamics_summary:
         onsets="results/report/tables/dynamics_onsets.parquet",
         summary="results/report/tables/dynamics_summary.parquet",
         findings="results/report/dynamics_findings.csv",
+        html=report(
+            "results/report/dynamics_summary.html",
+            caption="../workflow_scripts/report/captions/dynamics_summary.rst",
+            category="6 training dynamics",
+        ),
     params:
         spec=dynamics_params("dynamics_summary"),
+        runs=report_runs_text,
     log:
         "results/logs/report/dynamics_summary.log",
     resources:
@@ -164,4 +170,5 @@ rule dynamics_summary:
     shell:
         "python -m workflow_scripts.dynamics.summary --representation {input.representation:q}"
         " --readouts {input.readouts:q} --cka-seeds {input.cka_seeds:q} --spec {params.spec:q}"
-        " --onsets {output.onsets} --summary {output.summary} --findings {output.findings} 2> {log}"
+        " --onsets {output.onsets} --summary {output.summary} --findings {output.findings}"
+        " --html {output.html} 2> {log}"

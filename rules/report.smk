@@ -83,6 +83,8 @@ rule findings:
         paired="results/report/tables/contribution.paired.parquet",
         spectra_comparison=tables_of("spectra_comparison"),
         metrics=run_metrics,
+        # The training dynamics' rows (layer order of the onsets, its agreement across seeds), if any.
+        dynamics=lambda wildcards: ["results/report/dynamics_findings.csv"] if grid().runs_in("dynamics") else [],
     output:
         csv="results/report/findings.csv",
         html=report(
@@ -92,6 +94,7 @@ rule findings:
         ),
     params:
         runs=report_runs_text,
+        dynamics=lambda wildcards, input: " ".join(f"--dynamics {shlex.quote(p)}" for p in input.dynamics),
     log:
         "results/logs/report/findings.log",
     resources:
@@ -103,7 +106,7 @@ rule findings:
         "python -m workflow_scripts.report.findings --logit-lens {input.logit_lens:q}"
         " --contribution {input.contribution:q} --paired-contribution {input.paired}"
         " --spectra-comparison {input.spectra_comparison:q} --metrics {input.metrics:q}"
-        " --out {output.csv} 2> {log}"
+        " {params.dynamics} --out {output.csv} 2> {log}"
 
 
 # The configuration the report came from, with its provenance (git commit, packages).

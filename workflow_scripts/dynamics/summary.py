@@ -91,10 +91,9 @@ ROUNDING = 1e-9
 def dynamics_thresholds(spec: dict | None) -> dict:
     """``lens_agreement`` and ``probe_fraction`` of the ``dynamics`` config section (validated
     against config/schema.yaml, its defaults filled in): what this step reads, and hashes."""
-    from workflow_scripts.stage_settings import section_with_defaults
+    from workflow_scripts.dynamics.settings import SummarySettings
 
-    section = section_with_defaults("dynamics", spec)
-    return {"lens_agreement": float(section["lens_agreement"]), "probe_fraction": float(section["probe_fraction"])}
+    return SummarySettings.from_spec(spec).as_dict()
 
 
 def require_columns(table: pd.DataFrame, columns: list[str], what: str) -> None:
@@ -359,9 +358,34 @@ def read_tables(paths: list[str] | None, what: str, required: bool = True) -> pd
     return pd.concat(frames, ignore_index=True)
 
 
+def summary_html(summary: pd.DataFrame) -> str:
+    """The summary as one HTML table for the report: per configuration, quantity and layer, the
+    mean epoch, its interval and what it is over, and how many runs never reach it."""
+    from workflow_scripts.report.html import table_page
+
+    def number(value) -> str:
+        return "" if pd.isna(value) else f"{value:.3g}"
+
+    columns = ["configuration", "quantity", "layer", "mean epoch", "interval", "over", "runs", "never", "undefined",
+               "note"]
+    rows = []
+    for row in summary.itertuples(index=False):
+        configuration = f"{row.method} {row.targets} r{row.rank} ({row.dataset}/{row.protocol}/{row.model})"
+        bounds = "" if pd.isna(row.ci_low) else f"[{number(row.ci_low)}, {number(row.ci_high)}]"
+        rows.append([configuration, row.quantity, row.layer, number(row.mean), bounds, row.interval, row.runs,
+                     row.never, row.undefined, row.note])
+    note = ("Epochs of the first checkpoint where each quantity is reached (onset: CKA to the base below the "
+            "seed-to-seed floor; emergence: lens agreement above the threshold, probe UAR at the fraction of its "
+            "final value). Layer 0 = the embeddings, L = the encoder's output. Each fold's seeds are averaged "
+            "first; 'over' says what the interval is over (a range for 2-4 values). Runs that never reach it "
+            "are left out of the mean and counted.")
+    return table_page("training dynamics: onsets and emergences", columns, rows, note)
+
+
 def main(argv: list[str] | None = None) -> None:
     from workflow_scripts.atomic import write_table
     from workflow_scripts.cli import entry_parser, resolve_spec
+    from workflow_scripts.dynamics.settings import SummarySettings
     from workflow_scripts.provenance import provenance
 
     parser = entry_parser("workflow_scripts.dynamics.summary", __doc__)
@@ -372,8 +396,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--onsets", required=True, help="per run and layer: onset and emergences (.parquet)")
     parser.add_argument("--summary", required=True, help="their nested summary (.parquet)")
     parser.add_argument("--findings", required=True, help="the findings rows (.csv, findings.py's columns)")
+    parser.add_argument("--html", help="the summary as an HTML table (for the report)")
     args = parser.parse_args(argv)
-    thresholds = dynamics_thresholds(resolve_spec(args, lambda config: config.get("dynamics", {})))
+    thresholds = dynamics_thresholds(resolve_spec(args, lambda config: SummarySettings.from_config(config).as_dict()))
 
     representation = read_tables(args.representation, "dynamics_representation")
     readouts = read_tables(args.readouts, "dynamics_readouts")
@@ -385,6 +410,13 @@ def main(argv: list[str] | None = None) -> None:
     write_table(args.onsets, onset_rows, provenance=provenance("dynamics_onsets", thresholds, inputs=inputs))
     write_table(args.summary, summary, provenance=provenance("dynamics_summary", thresholds, inputs=inputs))
     write_table(args.findings, findings)
+    if args.html:
+        from pathlib import Path
+
+        from workflow_scripts.atomic import atomic_path
+
+        with atomic_path(args.html) as tmp:
+            Path(tmp).write_text(summary_html(summary))
     log.info("wrote %s (%d rows), %s (%d rows), %s (%d findings)", args.onsets, len(onset_rows), args.summary,
              len(summary), args.findings, len(findings))
 

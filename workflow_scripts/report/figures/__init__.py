@@ -30,6 +30,9 @@ Figures (:data:`.registry.FIGURES`, name -> function, the tables it needs, its c
   raw lens), ``erasure`` (block erasure and LoRA-delta ablation), ``weight_spectra`` (singular
   values of ΔW), ``subspaces`` (principal-angle similarity with chance) and ``cka_heatmap``
   (layer × layer CKA, LoRA vs frozen and seed vs seed, with the permutation floor).
+* training dynamics: ``dynamics_heatmaps`` (layer × checkpoint: CKA to the base, probe UAR,
+  normed lens agreement, ΔW stable rank) and ``dynamics_intruders`` (intruder dimensions per
+  checkpoint, a line per ε).
 
 The paper's values, where known, can be overlaid (``reference``: config/paper_reference.csv, columns
 figure (F1..F6, T1), panel, series, statistic, layer, value, source; its vocabulary, which panel,
@@ -52,7 +55,7 @@ Modules: ``registry`` (:data:`FIGURES` and ``FigureSpec``; light: it names each 
 ``__main__`` (the entry point ``main``), ``reference`` (the paper's values: vocabulary, reader,
 checks; light); the families ``readouts`` (F1, F2, lens comparison,
 probes, erasure), ``embeddings`` (F3), ``spectra`` (F4, F5, weight spectra), ``cka`` (F6 and the
-layer heatmaps) and ``subspaces``; their helpers ``tables`` (checks, configurations, titles) and
+layer heatmaps), ``subspaces`` and ``dynamics`` (the training dynamics); their helpers ``tables`` (checks, configurations, titles) and
 ``style`` (bands, bars, stars, legends, axes, the paper's values). Colours, display labels,
 symbols, panels and the module order shared with the analyses' own figures are in
 ``workflow_scripts.figure_style``.

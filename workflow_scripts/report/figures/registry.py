@@ -57,4 +57,7 @@ FIGURES: dict[str, FigureSpec] = {
     "weight_spectra": _spec("weight_spectra", "spectra:weight_spectra_figure", ("weight_spectra",)),
     "subspaces": _spec("subspaces", "subspaces:subspace_figure", ("subspaces",)),
     "cka_heatmap": _spec("cka_heatmap", "cka:cka_heatmap_figure", ("cka_lora_frozen", "cka_seeds")),
+    "dynamics_heatmaps": _spec("dynamics_heatmaps", "dynamics:dynamics_heatmaps",
+                               ("dynamics_representation", "dynamics_readouts", "dynamics_weights")),
+    "dynamics_intruders": _spec("dynamics_intruders", "dynamics:dynamics_intruders_figure", ("dynamics_intruders",)),
 }
