@@ -11,6 +11,10 @@ by ``capture.grads_seed`` alone (:func:`capture.settings.balanced_subset`), so e
 fold -- trained or not, any method, rank or seed -- sees the same clips in the same order. The
 model is in eval mode with only its LoRA weights requiring gradients, as in the paper.
 
+``checkpoint`` (``workflow_scripts.dynamics.capture``): the run's model at a training checkpoint,
+written as an acts store of every clip without frame-level rows, by the same code
+(:func:`write_store`).
+
 Batches are sorted by length (little padding) and streamed to the store, which is written to a
 temporary folder and renamed into place only when complete.
 """
