@@ -12,6 +12,7 @@ rule train:
         metrics=f"{RUN_DIR}/metrics.json",
         predictions=f"{RUN_DIR}/predictions.parquet",
         history=f"{RUN_DIR}/history.csv",
+        checkpoints=directory(f"{RUN_DIR}/checkpoints"),
     params:
         spec=run_spec_json,
         out=RUN_DIR,

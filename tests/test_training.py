@@ -41,7 +41,9 @@ def lora_run(dataset, tmp_path_factory):
 
 def test_lora_run_writes_every_output(lora_run, dataset):
     out, metrics = lora_run
-    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "metrics.json", "predictions.parquet", "weights"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "history.csv", "metrics.json",
+                                                     "predictions.parquet", "weights"]
+    assert not any((out / "checkpoints").iterdir())  # training.checkpoints keeps none by default
     assert json.loads((out / "metrics.json").read_text())["run"] == metrics["run"]
     assert set(metrics["test"]) == {"uar", "war", "macro_f1", "per_class_recall", "confusion_matrix", "n"}
     assert metrics["selected_on"] == "val" and metrics["selected_on_test"] is False

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from workflow_scripts.errors import InputError
 from workflow_scripts.stage_settings import StageSettings
+from workflow_scripts.train.checkpoints import KEEPING_METHODS, CheckpointSettings
 
 LORA_METHODS = ("lora", "lora_init", "lora_random")
 TRAINED_METHODS = ("lora", "frozen", "full")
@@ -118,6 +119,7 @@ def check_training_config(config: dict) -> None:
                 f"training.targets: {unknown} match no Whisper encoder module; "
                 f"choose from {list(WHISPER_ENCODER_TARGETS)}"
             )
+    CheckpointSettings.from_mapping(training["checkpoints"]).check(training["epochs"])
     if training["select_on"] == "test" and not config["legacy"]:
         raise InputError(
             "training.select_on: 'test' picks the best epoch on the test fold (the original's flaw); "
@@ -164,7 +166,7 @@ class TrainingRunSettings(StageSettings):
     """What a training run reads from the config besides its wildcards. The settings its method
     does not use are None (left out of its params): editing a grid list, another dataset, the
     learning rate of a reference that trains nothing, or LoRA's settings for a run without LoRA
-    does not rerun it."""
+    does not rerun it; nor does changing training.checkpoints rerun a method that keeps none."""
 
     SECTION = "training"
     eval_batch_size: int
@@ -173,6 +175,8 @@ class TrainingRunSettings(StageSettings):
     max_seconds: float
     classes: tuple[str, ...]
     lora: LoraSettings | None = None
+    # training.checkpoints: the methods that keep checkpoints only (checkpoints.KEEPING_METHODS).
+    checkpoints: CheckpointSettings | None = None
     # The optimisation and epoch selection (OPTIMISATION_KEYS): the trained methods only.
     epochs: int | None = None
     batch_size: int | None = None
@@ -194,9 +198,13 @@ class TrainingRunSettings(StageSettings):
             unused |= set(OPTIMISATION_KEYS)
         if method not in LORA_METHODS:
             unused.add("lora")
+        if method not in KEEPING_METHODS:
+            unused.add("checkpoints")
         training = {key: value for key, value in config["training"].items() if key not in unused}
         if "lora" in training:
             training["lora"] = LoraSettings.from_mapping(training["lora"])
+        if "checkpoints" in training:
+            training["checkpoints"] = CheckpointSettings.from_mapping(training["checkpoints"])
         return cls.from_mapping({**training, "legacy": config["legacy"], "max_seconds": config["audio"]["max_seconds"],
                                  "classes": config["datasets"][dataset]["classes"]})
 

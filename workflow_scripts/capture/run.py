@@ -11,6 +11,10 @@ by ``capture.grads_seed`` alone (:func:`capture.settings.balanced_subset`), so e
 fold -- trained or not, any method, rank or seed -- sees the same clips in the same order. The
 model is in eval mode with only its LoRA weights requiring gradients, as in the paper.
 
+``checkpoint`` (``workflow_scripts.dynamics.capture``): the run's model at a training checkpoint,
+written as an acts store of every clip without frame-level rows, by the same code
+(:func:`write_store`).
+
 Batches are sorted by length (little padding) and streamed to the store, which is written to a
 temporary folder and renamed into place only when complete.
 """
@@ -113,11 +117,14 @@ def store_attributes(run: Run, model, settings: dict) -> dict:
 
 
 def store_shape(kind: str, model, classes: list[str], settings: dict) -> StoreShape:
-    """The arrays a store will hold, with ``capture.*`` layer choices resolved and checked."""
+    """The arrays a store will hold, with ``capture.*`` layer choices resolved and checked.
+    ``kind`` ``checkpoint`` is an acts store without frame-level arrays (no layer choices)."""
     config = classification_model(model).config
     n_layers, d_model = config.encoder_layers, config.d_model
     modules = {key: (lora_parts(m)[0].out_features, lora_parts(m)[1].out_features)
                for key, m in lora_modules(model).items()}
+    if kind == "checkpoint":  # no frames are kept, so their dtype is moot
+        return StoreShape("acts", n_layers, d_model, tuple(classes), modules, (), (), "float32")
     if kind == "grads":  # everything, frame by frame, in float32 (gradients underflow in fp16)
         return StoreShape(kind, n_layers, d_model, tuple(classes), modules, tuple(range(n_layers + 1)),
                           tuple(range(n_layers)), "float32")
@@ -166,14 +173,24 @@ def _utterance_columns(part: pd.DataFrame) -> dict:
 
 def capture_store(kind: str, run: Run, settings: dict, checkpoint: Path, weights: Path, features: Path,
                   manifest: Path, folds: Path, out: Path) -> dict:
-    """Write ``out`` (an acts or grads store) for ``run``; return a short summary."""
+    """Write ``out`` (an acts or grads store) for ``run`` with the model in its ``weights``;
+    return a short summary."""
+    model = load_run_model(run, checkpoint, weights, list(settings["classes"]))
+    return write_store(kind, run, settings, model, features, manifest, folds, out)
+
+
+def write_store(kind: str, run: Run, settings: dict, model, features: Path, manifest: Path, folds: Path,
+                out: Path, extra_attrs: dict | None = None) -> dict:
+    """Write ``out``, a ``kind`` store of ``run`` captured from ``model`` (loaded, in eval mode);
+    return a short summary. ``kind`` ``checkpoint`` writes an acts store of every clip without
+    frame-level arrays (:func:`store_shape`; the model at a training checkpoint,
+    ``workflow_scripts.dynamics.capture``); ``extra_attrs`` join the store's attributes."""
     started = time.perf_counter()
     torch.use_deterministic_algorithms(True, warn_only=True)
     classes = list(settings["classes"])
     store = FeatureStore(str(features))
     manifest_table = pd.read_parquet(manifest)
     clips = fold_clips(run, manifest_table, pd.read_parquet(folds), store, classes)
-    model = load_run_model(run, checkpoint, weights, classes)
     shape = store_shape(kind, model, classes, settings)  # checks the layer settings before writing
     device = pick_device(settings["device"])
     model.to(device)
@@ -184,22 +201,25 @@ def capture_store(kind: str, run: Run, settings: dict, checkpoint: Path, weights
                                           capture["grads_seed"])].reset_index(drop=True)
         only_lora_requires_grad(model)
     attrs = {**store_attributes(run, model, settings), "classes": classes,
-             "provenance": provenance(f"capture_{kind}", settings, run=run.id)}
+             "provenance": provenance(f"capture_{kind}", settings, run=run.id), **(extra_attrs or {})}
     if kind == "grads":
         attrs.update(grads_per_class=settings["capture"]["grads_per_class"],
                      grads_seed=settings["capture"]["grads_seed"],
                      grads_pool=list(settings.get("grads_pool") or ["train"]))
     plan = CapturePlan(settings["legacy"], shape.resid_layers, shape.lora_b_blocks)
+    # The acts store keeps the test clips' frames; a checkpoint store keeps none (its modules'
+    # A outputs, which every acts store keeps, included).
+    frame_splits = {"acts": ("test",), "checkpoint": ()}.get(kind)
     with CaptureStoreWriter(out, shape, attrs) as writer:
         for part, batch_features, mask in feature_batches(clips, store, settings, settings["capture"]["batch_size"],
                                                           device):
-            if kind == "acts":
-                keep = (part["split"] == "test").tolist()
-                utterance, rows = capture_forward(model, batch_features, mask, plan, keep)
-            else:
+            if kind == "grads":
                 labels = torch.tensor(part["label"].to_numpy(), device=device)
                 utterance, rows = capture_gradients(model, batch_features, mask, labels, settings["legacy"])
                 model.zero_grad(set_to_none=True)
+            else:
+                keep = part["split"].isin(frame_splits).tolist()
+                utterance, rows = capture_forward(model, batch_features, mask, plan, keep)
             writer.append_utterances({**_utterance_columns(part), **utterance})
             for utt_id, frame_rows in zip(part["utt_id"], rows):
                 if frame_rows is not None:

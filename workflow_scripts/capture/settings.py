@@ -45,15 +45,28 @@ class GradsStoreSettings(StageSettings):
     grads_seed: int
 
 
-STORE_SETTINGS: dict[str, type[StageSettings]] = {"acts": ActsStoreSettings, "grads": GradsStoreSettings}
+@dataclass(frozen=True)
+class CheckpointStoreSettings(StageSettings):
+    """The part of ``capture:`` a checkpoint store reads (``workflow_scripts.dynamics.capture``):
+    the acts store's settings without the frame-level keys (resid_layers, lora_b_blocks,
+    frame_dtype), as it keeps no frames, so that changing them does not rerun it."""
+
+    SECTION = "capture"
+    batch_size: int
+
+
+STORE_SETTINGS: dict[str, type[StageSettings]] = {
+    "acts": ActsStoreSettings, "grads": GradsStoreSettings, "checkpoint": CheckpointStoreSettings,
+}
 
 
 @dataclass(frozen=True)
 class CaptureSettings(StageSettings):
-    """What one capture store (acts or grads) of a run on a dataset reads from the config."""
+    """What one capture store (acts, grads, or a training checkpoint's) of a run on a dataset
+    reads from the config."""
 
     SECTION = "capture"
-    capture: ActsStoreSettings | GradsStoreSettings
+    capture: ActsStoreSettings | GradsStoreSettings | CheckpointStoreSettings
     legacy: bool
     max_seconds: float
     classes: tuple[str, ...]
@@ -66,7 +79,7 @@ class CaptureSettings(StageSettings):
     @classmethod
     def from_config(cls, config: dict, dataset: str, kind: str) -> "CaptureSettings":
         if kind not in STORE_SETTINGS:
-            raise InputError(f"unknown store kind {kind!r}: choose acts or grads")
+            raise InputError(f"unknown store kind {kind!r}: choose from {sorted(STORE_SETTINGS)}")
         store = STORE_SETTINGS[kind]
         keys = [field.name for field in fields(store)]
         return cls.from_mapping({
@@ -86,7 +99,7 @@ def grads_pool(config: dict) -> tuple[str, ...] | None:
 
 
 def capture_settings(config: dict, dataset: str, kind: str) -> dict:
-    """The settings a ``kind`` capture (acts or grads) of a run on ``dataset`` reads."""
+    """The settings a ``kind`` capture (acts, grads or checkpoint) of a run on ``dataset`` reads."""
     return CaptureSettings.from_config(config, dataset, kind).as_dict()
 
 

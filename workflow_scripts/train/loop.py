@@ -8,6 +8,12 @@ parameters, optimizer, schedule, random-number state, best-so-far and history --
 ``resume_file`` (atomically), so a killed job, rerun, continues after its last finished epoch
 and ends where an uninterrupted run ends (on a CPU, bit for bit).
 
+With ``training.checkpoints`` the loop also keeps the trainable parameters at the schedule's points
+(``train.checkpoints``): ``epoch0`` before the first step, ``step<S>`` after optimiser step S of
+the first epoch, ``epoch<N>`` after epoch N; into ``checkpoints/`` beside ``resume_file``, which a
+killed job leaves in place, so a resumed run still has the early ones. Keeping one only reads
+parameters (no random numbers, no state): a run's results are the same with and without.
+
 The per-epoch scoring runs under the same bf16 autocast as training (on a GPU); the final scores
 a run reports (``metrics.json``, ``predictions.parquet``) come from ``predict(...,
 mixed_precision=False)``, in float32, as the activation stores are captured, so a run has one
@@ -19,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +34,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from workflow_scripts.errors import InputError
 from workflow_scripts.features import collate, max_frames_of
 from workflow_scripts.metrics import classification_report
 from workflow_scripts.models.encoder import EmotionClassifier
+from workflow_scripts.train import checkpoints
 from workflow_scripts.train.batches import evaluation_batches, training_batches
 from workflow_scripts.train.methods import trainable_state
 
@@ -112,6 +121,51 @@ def best_epoch(history: list[dict], column: str) -> int:
     return next(row["epoch"] for row in history if row[column] == best)
 
 
+@dataclass(frozen=True)
+class CheckpointKeeper:
+    """Which checkpoints a run keeps (``training.checkpoints``), where, and the metadata that
+    names them (``tags``: run, method, scaling)."""
+
+    folder: Path
+    epochs: frozenset[int]
+    steps: frozenset[int]
+    steps_per_epoch: int
+    tags: dict
+
+    @classmethod
+    def for_run(cls, settings: dict, epochs: int, steps_per_epoch: int, folder: Path,
+                tags: dict | None) -> "CheckpointKeeper | None":
+        """The keeper of ``settings['checkpoints']`` (None when it keeps nothing); epochs past
+        training and steps outside the first epoch are an :class:`InputError` naming the key."""
+        schedule = checkpoints.CheckpointSettings.from_mapping(
+            settings.get("checkpoints") or {"epochs": [], "steps": []})
+        if not schedule.ids():
+            return None
+        schedule.check(epochs)
+        late = sorted(s for s in schedule.steps if s >= steps_per_epoch)
+        if late:
+            raise InputError(f"training.checkpoints.steps: {late} do not lie within the first epoch, which "
+                             f"has {steps_per_epoch} optimiser steps (keep epoch1 for the end of it)")
+        if tags is None:
+            raise ValueError("training.checkpoints asks for checkpoints, but train() got no checkpoint tags")
+        return cls(folder, frozenset(schedule.epochs), frozenset(schedule.steps), steps_per_epoch, dict(tags))
+
+    def keep(self, model: torch.nn.Module, checkpoint: str) -> None:
+        """Save ``model``'s trainable parameters (under the run's own names) as ``checkpoint``."""
+        step = checkpoints.checkpoint_step(checkpoint, self.steps_per_epoch)
+        metadata = {**self.tags, "checkpoint": checkpoint, "step": step, "epoch": step / self.steps_per_epoch,
+                    "steps_per_epoch": self.steps_per_epoch}
+        checkpoints.save_checkpoint(self.folder / f"{checkpoint}.safetensors", trainable_state(model), metadata)
+
+    def after_step(self, model: torch.nn.Module, step: int) -> None:
+        if step in self.steps:
+            self.keep(model, f"step{step}")
+
+    def after_epoch(self, model: torch.nn.Module, epoch: int) -> None:
+        if epoch in self.epochs:
+            self.keep(model, f"epoch{epoch}")
+
+
 def _save_resume(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -128,14 +182,21 @@ def train(
     seed: int,
     resume_file: Path,
     run_key: str,
+    checkpoint_tags: dict | None = None,
 ) -> TrainingState:
-    """Train for ``settings['epochs']`` epochs; return the state with the best parameters."""
+    """Train for ``settings['epochs']`` epochs; return the state with the best parameters.
+
+    ``checkpoint_tags`` (run, method, scaling) name the checkpoints ``settings['checkpoints']``
+    asks for (:class:`CheckpointKeeper`); they are kept in ``resume_file.parent / "checkpoints"``."""
+    batches_per_epoch = -(-len(train_data.clips) // settings["batch_size"])
+    steps_per_epoch = -(-batches_per_epoch // settings["grad_accum"])
+    # Checked before anything trains.
+    keeper = CheckpointKeeper.for_run(settings, settings["epochs"], steps_per_epoch,
+                                      resume_file.parent / checkpoints.FOLDER, checkpoint_tags)
     device = pick_device(settings["device"])
     classifier.to(device)
     parameters = [p for p in classifier.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings["lr"], weight_decay=settings["weight_decay"])
-    batches_per_epoch = -(-len(train_data.clips) // settings["batch_size"])
-    steps_per_epoch = -(-batches_per_epoch // settings["grad_accum"])
     total_steps = max(1, settings["epochs"] * steps_per_epoch)
     warmup = int(settings["warmup_ratio"] * total_steps)
     # Linear warm-up from 0, then linear decay to 0: the Hugging Face Trainer's default
@@ -164,6 +225,12 @@ def train(
 
     if state.epoch == 0 and settings["epochs"] == 0:
         state.best_parameters = trainable_state(classifier)
+    if keeper is not None and state.epoch == 0:
+        # From scratch: checkpoints left by a run with other settings are not this run's.
+        shutil.rmtree(keeper.folder, ignore_errors=True)
+        if 0 in keeper.epochs:
+            keeper.keep(classifier.model, "epoch0")
+    optimizer_steps = state.epoch * steps_per_epoch
     max_frames = max_frames_of(settings["max_seconds"])
     select_column = f"{settings['select_on']}_{settings['select_metric']}"
     for epoch in range(state.epoch + 1, settings["epochs"] + 1):
@@ -185,6 +252,9 @@ def train(
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
+                optimizer_steps += 1
+                if keeper is not None:
+                    keeper.after_step(classifier.model, optimizer_steps)
             running += loss.item() * len(batch)
             seen += len(batch)
             progress.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
@@ -199,6 +269,9 @@ def train(
             state.best_parameters = trainable_state(classifier)
         state.epoch = epoch
         log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+        if keeper is not None:
+            # Before the resume state: an epoch whose checkpoint is missing is trained again.
+            keeper.after_epoch(classifier.model, epoch)
         _save_resume(resume_file, {
             "run_key": run_key, "parameters": trainable_state(classifier), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),

@@ -11,17 +11,21 @@ the run's folder:
 ``predictions.parquet``  utt_id, split, label, prediction, logits (validation and test clips);
                          the provenance of metrics.json in its metadata
 ``history.csv``          one row per epoch
+``checkpoints/``         the checkpoints ``training.checkpoints`` keeps (``train.checkpoints``;
+                         lora and full runs only, empty for the other methods)
 
 Selecting on the test fold (``legacy`` only) trains on train + val, as the original trained on
 every non-test clip; validation then has no held-out score (``val`` is null, no val predictions).
 
 ``metrics.json`` is written last: a run without it is unfinished. While training, the run's
-``.resume/`` folder holds the last finished epoch; a rerun continues from there.
+``.resume/`` folder holds the last finished epoch and the checkpoints kept so far; a rerun
+continues from there.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -39,6 +43,7 @@ from workflow_scripts.features import FeatureStore, batch_frames, max_frames_of
 from workflow_scripts.models.encoder import EmotionClassifier
 from workflow_scripts.provenance import provenance
 from workflow_scripts.runs import LORA_METHODS, TRAINED_METHODS, Run, add_run_arguments, run_settings
+from workflow_scripts.train import checkpoints
 from workflow_scripts.train.loop import SplitData, TrainingState, evaluate, pick_device, train
 from workflow_scripts.train.methods import build_model, lora_alpha, parameter_counts, save_weights
 
@@ -128,6 +133,25 @@ def predictions_table(split: str, data: SplitData, logits: np.ndarray, classes: 
     })
 
 
+def checkpoint_tags(run: Run, settings: dict) -> dict:
+    """The metadata that names a run's checkpoints (``train.checkpoints.METADATA_KEYS`` but those
+    of the checkpoint itself): LoRA's scaling alpha / r, empty for a run without LoRA."""
+    scaling = lora_alpha(run.rank, settings["lora"]) / run.rank if run.method in LORA_METHODS else ""
+    return {"run": run.id, "method": run.method, "scaling": scaling}
+
+
+def move_checkpoints(kept: Path, out: Path) -> None:
+    """Put the checkpoints the loop kept (``kept``, in ``.resume/``) into ``out/checkpoints/`` in
+    one step; a run that kept none gets an empty folder (an output of the train rule). They are
+    linked (or copied), not moved: until the run finishes, ``.resume/`` must still hold them."""
+    with atomic_path(out / checkpoints.FOLDER, directory=True) as tmp:
+        for path in sorted(kept.glob("*.safetensors")) if kept.is_dir() else []:
+            try:
+                os.link(path, tmp / path.name)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(path, tmp / path.name)
+
+
 def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, manifest: Path, folds: Path,
                  out: Path) -> dict:
     started = time.perf_counter()
@@ -147,7 +171,8 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
                                "inputs": input_fingerprint([checkpoint, features, manifest, folds])})
         resume_file = out / ".resume" / "state.pt"
         fit_data, trained_on = training_data(splits, select_on)
-        state = train(classifier, fit_data, splits[select_on], classes, settings, run.seed, resume_file, run_key)
+        state = train(classifier, fit_data, splits[select_on], classes, settings, run.seed, resume_file, run_key,
+                      checkpoint_tags(run, settings))
     else:
         # The untrained references are scored as initialised (their settings hold no optimisation keys).
         select_on, epochs, trained_on, fit_data = None, 0, [], None
@@ -172,6 +197,7 @@ def run_training(run: Run, settings: dict, checkpoint: Path, features: Path, man
     scores = [f"{select_on}_{name}" for name in ("uar", "war", "macro_f1")] if select_on else []
     history = pd.DataFrame(state.history, columns=["epoch", "train_loss", "lr", *scores, "seconds"])
     write_table(out / "history.csv", history)
+    move_checkpoints(out / ".resume" / checkpoints.FOLDER, out)
     metrics = {
         "run": run.id,
         **{k: getattr(run, k) for k in ("dataset", "protocol", "model", "method", "targets", "rank", "seed", "fold")},
