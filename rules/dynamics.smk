@@ -98,7 +98,6 @@ rule dynamics_readouts:
 rule dynamics_weights:
     input:
         checkpoints=CHECKPOINTS_DIR,
-        checkpoint="results/models/{model}",
     output:
         dynamics_output("dynamics_weights"),
     params:
@@ -107,14 +106,13 @@ rule dynamics_weights:
     log:
         f"results/logs/dynamics_weights/{RUN_PATTERN}/{{checkpoint}}.log",
     resources:
-        mem_mb=model_job_resource("mem_mb"),  # a full run's ΔW is dense
+        mem_mb=2000,  # LoRA factors only (the r x r core): ΔW is never formed
         runtime=15,
     conda:
         "../envs/torch.yaml"
     shell:
         f"python -m workflow_scripts.dynamics.weights {RUN_ARGS} --run-dir {{params.run_dir}}"
-        " --checkpoint-id {wildcards.checkpoint} --final-id {params.final} --checkpoint {input.checkpoint}"
-        " --out {output} 2> {log}"
+        " --checkpoint-id {wildcards.checkpoint} --final-id {params.final} --out {output} 2> {log}"
 
 
 # Intruder dimensions of W0 + scaling·B·A at {checkpoint} (Shuttleworth et al. 2024).

@@ -23,8 +23,11 @@ def entry_parser(
 ) -> argparse.ArgumentParser:
     """The parser every entry point starts from: its docstring as help, ``--spec``/``--config``
     (unless the step takes no settings) and, for per-dataset steps, ``--dataset``."""
+    # No abbreviations: a rule passing --checkpoint to a step that only has --checkpoint-id must
+    # fail loudly, not set the checkpoint id to a model folder.
     parser = argparse.ArgumentParser(
-        prog=f"python -m {module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m {module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     if dataset:
         parser.add_argument("--dataset", required=True, help="the dataset's name under 'datasets:'")
