@@ -21,7 +21,10 @@ TINY = {
     "demo_corpus": {"speakers": 4, "utterances_per_speaker_per_emotion": 2},
     "models": {"tiny": {"source": "tiny_random", "layers": 2, "d_model": 32, "heads": 2, "ffn_dim": 64}},
     "training": {"protocols": ["holdout"], "folds": "all", "methods": ["lora", "frozen", "lora_init"], "ranks": [4],
-                 "epochs": 1, "lr": 1e-3, "device": "cpu"},
+                 "epochs": 1, "lr": 1e-3, "device": "cpu",
+                 # The training dynamics: step1 is kept but not analysed (adding it is tested below).
+                 "checkpoints": {"epochs": [0, 1], "steps": [1]}},
+    "dynamics": {"checkpoints": ["epoch0", "epoch1"]},
     "datasets": {
         "demo": {"layout": "generic", "path": "results/demo_corpus", "classes": ["neutral", "happy", "angry", "sad"],
                  "folds": {"protocols": ["loso_speaker", "holdout"], "val_fraction": 0.3}},
@@ -125,8 +128,8 @@ def test_full_data_stage(workdir, tiny_run):
     assert sorted(performance["method"]) == ["frozen", "lora", "lora_init"]
     assert performance["runs"].tolist() == [1, 1, 1]
     assert "| demo | holdout | tiny | lora | q_proj, v_proj | 4 |" in (tables / "performance.md").read_text()
-    assert sorted(p.name for p in (workdir / RUN).iterdir()) == ["history.csv", "metrics.json", "predictions.parquet",
-                                                                 "weights"]
+    assert sorted(p.name for p in (workdir / RUN).iterdir()) == ["checkpoints", "history.csv", "metrics.json",
+                                                                 "predictions.parquet", "weights"]
 
     from workflow_scripts.capture.store import CaptureStore, validate_store
 
@@ -171,6 +174,26 @@ def test_full_data_stage(workdir, tiny_run):
     frozen_grads = CaptureStore(workdir / "results" / "acts" / FROZEN_RUN.relative_to("results/runs") / "grads.zarr")
     assert lora_grads.utt_ids == frozen_grads.utt_ids and lora_grads.adapted() and not frozen_grads.adapted()
 
+    # The training dynamics: the LoRA run's kept checkpoints, their stores and tables.
+    from workflow_scripts.train.checkpoints import checkpoint_metadata
+
+    kept = sorted(p.name for p in (workdir / RUN / "checkpoints").iterdir())
+    assert kept == ["epoch0.safetensors", "epoch1.safetensors", "step1.safetensors"]
+    assert checkpoint_metadata(workdir / RUN / "checkpoints" / "step1.safetensors")["step"] == 1
+    assert list((workdir / FROZEN_RUN / "checkpoints").iterdir()) == []
+    acts = workdir / "results" / "acts" / RUN.relative_to("results/runs")
+    for checkpoint in ANALYSED:
+        store = acts / "checkpoints" / f"{checkpoint}.zarr"
+        assert validate_store(store) == []
+        assert CaptureStore(store, kind="acts").attrs["checkpoint"] == checkpoint
+        for name in DYNAMICS_ANALYSES:
+            table = pd.read_parquet(analyses / name / run_id / f"{checkpoint}.parquet")
+            assert set(table["checkpoint"]) == {checkpoint} and set(table["run"]) == {run_id}, name
+    assert not (acts / "checkpoints" / "step1.zarr").exists()  # kept, not analysed
+    representation = pd.read_parquet(analyses / "dynamics_representation" / run_id / "epoch0.parquet")
+    to_base = representation[representation["reference"] == "base"]["value"]
+    np.testing.assert_allclose(to_base, 1.0, atol=1e-9)  # epoch0 is the base
+
     # The report's tables, figures and pages (one run per configuration: no interval).
     report = workdir / "results" / "report"
     from workflow_scripts.report.figures.registry import FIGURES
@@ -184,7 +207,8 @@ def test_full_data_stage(workdir, tiny_run):
     assert drawn == sorted(name for name, spec in FIGURES.items() if set(spec.tables) <= TINY_ANALYSES)
     findings = pd.read_csv(report / "findings.csv")
     assert {"first layer the normed lens agrees (> half the clips)", "UAR LoRA − frozen"} <= set(findings["finding"])
-    for page in ("findings.html", "config.html", "performance.html"):
+    assert {"do late layers change first or last (onset)"} <= set(findings["finding"])  # the dynamics' rows
+    for page in ("findings.html", "config.html", "performance.html", "dynamics_summary.html"):
         assert "<table>" in (report / page).read_text(), page
 
     again = snakemake(workdir)
@@ -200,7 +224,7 @@ def test_the_report_is_one_page_that_renders_in_a_real_browser(workdir, tiny_run
     assert check.ok, check.problems
     shown = {Path(figure.path).name for figure in check.figures}
     expected = {p.name for p in (workdir / "results" / "report" / "figures").glob("*.png")}
-    expected |= {"findings.html", "config.html", "performance.html"}
+    expected |= {"findings.html", "config.html", "performance.html", "dynamics_summary.html"}
     assert expected <= shown, expected - shown
 
 
@@ -227,6 +251,23 @@ def test_a_report_with_a_missing_result_is_not_written(workdir, tiny_run):
 DOWNSTREAM = ("capture_acts", "capture_grads", "contribution", "logit_lens", "probes")
 
 
+#: The training dynamics' rules: one job per LoRA run and analysed checkpoint.
+DYNAMICS_RULES = ("capture_checkpoint", "dynamics_representation", "dynamics_readouts", "dynamics_weights",
+                  "dynamics_intruders")
+DYNAMICS_ANALYSES = {"dynamics_representation", "dynamics_readouts", "dynamics_weights", "dynamics_intruders"}
+ANALYSED = ("epoch0", "epoch1")
+
+
+def job_key(rule: str, wildcards: dict) -> tuple[str, str]:
+    """(rule, method) of a job; a dynamics job's method carries its checkpoint (``lora@epoch1``)."""
+    checkpoint = wildcards.get("checkpoint")
+    return rule, wildcards["method"] + (f"@{checkpoint}" if checkpoint else "")
+
+
+def dynamics_jobs(rules=DYNAMICS_RULES, checkpoints=ANALYSED) -> set[tuple[str, str]]:
+    return {(rule, f"lora@{checkpoint}") for rule in rules for checkpoint in checkpoints}
+
+
 def jobs_after_training(methods: set[str]) -> set[tuple[str, str]]:
     """(rule, method) of each job that follows when TINY's runs of ``methods`` (lora, frozen,
     lora_init; one rank, seed and fold) are trained anew: their own jobs, and the comparisons of
@@ -241,16 +282,20 @@ def jobs_after_training(methods: set[str]) -> set[tuple[str, str]]:
         jobs |= {("contribution_difference", "lora"), ("cka_lora_frozen", "lora")}
     if methods & {"lora", "lora_init"}:
         jobs |= {("spectra_comparison", "lora"), ("cka", "lora")}
+    if "lora" in methods:  # its checkpoints, captured and analysed again
+        jobs |= dynamics_jobs()
     return jobs
 
 
 # The report's rules, and the analyses whose tables the findings read (with the runs' metrics).
-REPORT_RULES = ("aggregate", "paired", "figure", "findings", "report_config")
-FINDINGS_READS = {"contribution", "logit_lens", "spectra_comparison"}
+REPORT_RULES = ("aggregate", "paired", "figure", "findings", "report_config", "dynamics_summary")
+# (the findings read the dynamics summary's rows, which read these tables)
+FINDINGS_READS = {"contribution", "logit_lens", "spectra_comparison", "dynamics_representation", "dynamics_readouts"}
+SUMMARY_READS = {"dynamics_representation", "dynamics_readouts", "cka_seeds"}
 # The analyses TINY's grid (one LoRA run, its frozen run and lora_init) makes: no comparison across
 # seeds or ranks.
 TINY_ANALYSES = {"contribution", "contribution_difference", "logit_lens", "probes", "erasure", "spectra",
-                 "spectra_comparison", "weight_spectra", "cka", "cka_lora_frozen", "embeddings"}
+                 "spectra_comparison", "weight_spectra", "cka", "cka_lora_frozen", "embeddings", *DYNAMICS_ANALYSES}
 
 
 def report_jobs(changed: set[str], available: set[str] = TINY_ANALYSES, trained: bool = False,
@@ -270,6 +315,8 @@ def report_jobs(changed: set[str], available: set[str] = TINY_ANALYSES, trained:
             jobs.add(("figure", name))
     if trained or changed & FINDINGS_READS:
         jobs.add(("findings", ""))
+    if changed & SUMMARY_READS:
+        jobs.add(("dynamics_summary", ""))
     if config_changed:
         jobs.add(("report_config", ""))
     return jobs
@@ -281,7 +328,7 @@ def report_jobs_listed(jobs) -> set[tuple[str, str]]:
 
 def analyses_of(jobs: set[tuple[str, str]]) -> set[str]:
     """The analysis rules among (rule, method) jobs."""
-    return {rule for rule, _ in jobs} - {"train", "capture_acts", "capture_grads"}
+    return {rule for rule, _ in jobs} - {"train", "capture_acts", "capture_grads", "capture_checkpoint"}
 
 
 def trained_methods(jobs) -> set[str]:
@@ -312,7 +359,7 @@ def test_a_changed_setting_reruns_only_what_uses_it(workdir, tiny_run, change, t
     assert not trained_methods(jobs) & untouched
     # A retrained run's stores are captured again and analysed again, and so are the comparisons
     # that read it; erasure is computed for the trained runs only (analyses.erasure.references: false).
-    assert sorted((rule, w["method"]) for rule, w in jobs if rule not in ("all", "performance", *REPORT_RULES)) == sorted(
+    assert sorted(job_key(rule, w) for rule, w in jobs if rule not in ("all", "performance", *REPORT_RULES)) == sorted(
         jobs_after_training(trains))
     assert {rule for rule, _ in jobs} >= {"performance", "all"}
     # The report: the aggregates, paired tables and figures of what changed, the findings, the config page.
@@ -325,16 +372,22 @@ def test_a_changed_setting_reruns_only_what_uses_it(workdir, tiny_run, change, t
                                                "contribution_difference", "cka_lora_frozen", "embeddings"}),
     ({"capture": {"batch_size": 4}}, {"capture_acts", "capture_grads", "contribution", "logit_lens", "probes",
                                       "contribution_difference", "cka_lora_frozen", "embeddings", "spectra",
-                                      "spectra_comparison", "cka"}),
-    ({"analyses": {"probes": {"c_grid": [0.1, 1.0]}}}, {"probes"}),
+                                      "spectra_comparison", "cka", "capture_checkpoint", "dynamics_representation",
+                                      "dynamics_readouts"}),
+    # (the checkpoints' probes are the run's probes)
+    ({"analyses": {"probes": {"c_grid": [0.1, 1.0]}}}, {"probes", "dynamics_readouts"}),
     ({"analyses": {"erasure": {"batch_size": 4}}}, {"erasure"}),
     ({"analyses": {"logit_lens": {"split": "val"}}}, {"logit_lens"}),
     ({"analyses": {"contribution": {"split": "val"}}}, {"contribution", "contribution_difference"}),
     ({"analyses": {"spectra": {"center": False}}}, {"spectra", "spectra_comparison"}),
     ({"analyses": {"cka": {"permutations": 5}}}, {"cka", "cka_lora_frozen"}),
     ({"analyses": {"embeddings": {"perplexity": 5}}}, {"embeddings"}),
+    ({"dynamics": {"permutations": 5}}, {"dynamics_representation"}),
+    ({"dynamics": {"intruders": {"k": 5}}}, {"dynamics_intruders"}),
+    ({"dynamics": {"lens_agreement": 0.6}}, set()),  # the summary only (a report rule)
 ], ids=["grads_per_class", "frame_dtype", "batch_size", "probes_c_grid", "erasure_batch_size",
-    "logit_lens_split", "contribution_split", "spectra_center", "cka_permutations", "embeddings_perplexity"])
+    "logit_lens_split", "contribution_split", "spectra_center", "cka_permutations", "embeddings_perplexity",
+    "dynamics_permutations", "intruders_k", "lens_agreement"])
 def test_a_changed_capture_or_analysis_setting_reruns_only_those_jobs(workdir, tiny_run, change, rules):
     jobs = jobs_listed(snakemake(workdir, "-n", config=with_changes(TINY, **change)))
     assert {rule for rule, _ in jobs} - set(REPORT_RULES) == rules | {"all"}
@@ -342,9 +395,29 @@ def test_a_changed_capture_or_analysis_setting_reruns_only_those_jobs(workdir, t
         expected = {"erasure": ["frozen", "lora"], "spectra": ["lora", "lora_init"],
                     "capture_grads": ["frozen", "lora", "lora_init"]}.get(
             rule, ["lora"] if rule in LORA_RUN_COMPARISONS else ["frozen", "lora"])
-        assert sorted(w["method"] for name, w in jobs if name == rule) == expected
-    # ... and the report's jobs that read those tables.
-    assert report_jobs_listed(jobs) == report_jobs(rules)
+        if rule in DYNAMICS_RULES:  # the LoRA run's analysed checkpoints
+            expected = [f"lora@{checkpoint}" for checkpoint in ANALYSED]
+        assert sorted(job_key(name, w)[1] for name, w in jobs if name == rule) == expected
+    # ... and the report's jobs that read those tables (the dynamics summary: its thresholds too).
+    expected_report = report_jobs(rules)
+    if "dynamics" in change:
+        expected_report.add(("dynamics_summary", ""))
+        expected_report.add(("findings", ""))
+    assert report_jobs_listed(jobs) == expected_report
+
+
+def test_adding_a_checkpoint_to_dynamics_schedules_only_its_jobs(workdir, tiny_run):
+    # step1 is kept (training.checkpoints) but not analysed: adding it retrains nothing and
+    # schedules its capture and its four analyses, and what reads their tables.
+    jobs = jobs_listed(snakemake(workdir, "-n", config=with_changes(
+        TINY, dynamics={"checkpoints": ["epoch0", "step1", "epoch1"]})))
+    assert sorted(job_key(rule, w) for rule, w in jobs if rule not in ("all", *REPORT_RULES)) == sorted(
+        dynamics_jobs(checkpoints=("step1",)))
+    assert report_jobs_listed(jobs) == report_jobs(DYNAMICS_ANALYSES)
+    # A checkpoint the runs do not keep stops the plan, naming both keys.
+    result = snakemake(workdir, "-n", config=with_changes(TINY, dynamics={"checkpoints": ["step2"]}), check=False)
+    assert result.returncode != 0
+    assert "dynamics.checkpoints: ['step2'] are not kept by training.checkpoints" in result.stderr
 
 
 # The analyses made once per trained LoRA run (or its group), comparing it with other runs.
@@ -361,12 +434,12 @@ def test_a_lost_run_is_rebuilt_with_the_table(workdir, tiny_run):
     rerun = snakemake(workdir, config=TINY)
     jobs = jobs_listed(rerun)
     # The frozen run's jobs, and the LoRA − frozen comparisons, whose frozen side changed.
-    assert sorted((rule, w["method"]) for rule, w in jobs if rule not in ("all", "performance", *REPORT_RULES)) == sorted(
+    assert sorted(job_key(rule, w) for rule, w in jobs if rule not in ("all", "performance", *REPORT_RULES)) == sorted(
         jobs_after_training({"frozen"}))
     assert "performance" in {rule for rule, _ in jobs}
     assert report_jobs_listed(jobs) == report_jobs(analyses_of(jobs_after_training({"frozen"})), trained=True,
                                                    config_changed=False)
-    assert sorted(p.name for p in (workdir / FROZEN_RUN).iterdir()) == ["history.csv", "metrics.json",
+    assert sorted(p.name for p in (workdir / FROZEN_RUN).iterdir()) == ["checkpoints", "history.csv", "metrics.json",
                                                                         "predictions.parquet", "weights"]
     assert (tables / "performance.csv").stat().st_mtime_ns > table_before
     assert (workdir / RUN / "metrics.json").stat().st_mtime_ns == lora_before
@@ -381,7 +454,7 @@ def test_more_seeds_train_only_the_new_runs(workdir, tiny_run):
     jobs = jobs_listed(rerun)
     # The new seed's runs and their analyses; the two seeds compared (the layer x layer CKA of the
     # trained runs, the LoRA subspaces across seeds); nothing of seed 0.
-    per_seed = [(rule, w["method"]) for rule, w in jobs if "seed" in w]
+    per_seed = [job_key(rule, w) for rule, w in jobs if "seed" in w]
     assert sorted(per_seed) == sorted(jobs_after_training({"lora", "frozen", "lora_init"})
                                       | {("cka_seeds", "lora"), ("cka_seeds", "frozen")}), rerun
     assert {w["seed"] for _, w in jobs if "seed" in w} == {"1"}

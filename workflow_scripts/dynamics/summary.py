@@ -272,8 +272,11 @@ def _quiet(test, x, y) -> float:
         return float(test(x, y).statistic)
 
 
-def _epoch_text(value: float) -> str:
-    return "never" if not np.isfinite(value) else f"{value:.3g}"
+def _epoch_text(value: float, never: int, undefined: int) -> str:
+    """A layer's mean epoch, or why there is none (no run reached it; it is undefined)."""
+    if np.isfinite(value):
+        return f"{value:.3g}"
+    return "undefined" if undefined and not never else "never"
 
 
 def layer_order_row(configuration: dict, runs: pd.DataFrame, means: pd.DataFrame, quantity: str) -> dict:
@@ -285,8 +288,8 @@ def layer_order_row(configuration: dict, runs: pd.DataFrame, means: pd.DataFrame
                                    reached["epoch"].to_numpy(dtype=float)))
         folds.append(fold)
     summary = summarize(np.array(correlations), folds)
-    per_layer = ", ".join(f"{int(layer)}: {_epoch_text(mean)}"
-                          for layer, mean in zip(means["layer"], means["mean"]))
+    per_layer = ", ".join(f"{int(layer)}: {_epoch_text(mean, never, undefined)}" for layer, mean, never, undefined
+                          in zip(means["layer"], means["mean"], means["never"], means["undefined"]))
     detail = (f"Spearman of layer and {quantity} epoch per run (negative = late layers first); "
               f"mean epoch per layer: {per_layer}")
     undefined = int(np.isnan(correlations).sum())
@@ -310,7 +313,7 @@ def seed_order_row(configuration: dict, runs: pd.DataFrame, quantity: str) -> di
             both = epochs[[first, second]].dropna()
             tau = _quiet(stats.kendalltau, both[first].to_numpy(), both[second].to_numpy())
             taus.append(tau)
-            texts.append(f"seeds {first}~{second} {_epoch_text(tau) if np.isfinite(tau) else 'undefined'}")
+            texts.append(f"seeds {first}~{second} {f'{tau:.3g}' if np.isfinite(tau) else 'undefined'}")
         parts.append(f"fold {fold}: " + (", ".join(texts) if texts else "one seed, no pair"))
     taus = np.array(taus, dtype=float)
     defined = taus[np.isfinite(taus)]
