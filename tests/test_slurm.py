@@ -21,10 +21,12 @@ import pytest
 import yaml
 
 from test_workflow import (
+    DYNAMICS_ANALYSES,
     FROZEN_RUN,
     REPORT_RULES,
     RUN,
     TINY,
+    TINY_ANALYSES,
     analyses_of,
     jobs_after_training,
     report_jobs,
@@ -193,7 +195,10 @@ def slurm_snakemake(workdir: Path, *args: str, config: dict | None = None, env: 
 # it (instead of `all`) means the grid needs no fold table to be expanded, so both fold tables
 # are ready at once and the profile's group puts them into one SLURM job. (With `all`, the fold
 # table the grid reads is a checkpoint made first, on its own.)
-CPU_ONLY = with_changes(TINY, gpus=0, training={"folds": [1]})
+# It keeps no checkpoints (the training dynamics are the same rules under any executor, and
+# tests/test_workflow.py runs them): this file's time stays what it was.
+CPU_ONLY = with_changes(TINY, gpus=0, training={"folds": [1], "checkpoints": {"epochs": [], "steps": []}})
+WITHOUT_DYNAMICS = TINY_ANALYSES - DYNAMICS_ANALYSES
 # A downstream setting: only the trained runs (not the untrained reference) and the table read it.
 LR_CHANGED = with_changes(CPU_ONLY, training={"lr": 5e-3})
 GPU_REQUESTED = with_changes(LR_CHANGED, gpus=1)
@@ -229,7 +234,8 @@ def ran(run: Run) -> list[tuple[str, str | None]]:
 
 
 GROUPED_ANALYSES = ("contribution", "contribution_difference", "logit_lens", "probes", "spectra", "spectra_comparison",
-                    "weight_spectra", "subspaces", "cka", "cka_lora_frozen", "cka_seeds", "embeddings")
+                    "weight_spectra", "subspaces", "cka", "cka_lora_frozen", "cka_seeds", "embeddings",
+                    *sorted(DYNAMICS_ANALYSES))
 assert set(GROUPED_ANALYSES) == {rule for rule, group in PROFILE["groups"].items() if group == "analyses"}
 
 
@@ -249,7 +255,8 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
     # readouts become ready together (when its acts store is written) and share one SLURM job...
     analyses = [job for job in jobs if job.rule in GROUPED_ANALYSES]
     assert sorted((job.rule, job.wildcards["method"]) for job in analyses) == sorted(
-        job for job in jobs_after_training({"frozen", "lora", "lora_init"}) if job[0] in GROUPED_ANALYSES), full_run
+        job for job in jobs_after_training({"frozen", "lora", "lora_init"}, dynamics=False)
+        if job[0] in GROUPED_ANALYSES), full_run
     assert all(job.group and job.group[1] == "analyses" for job in analyses), full_run
     for method in ("frozen", "lora"):
         assert len({job.group for job in analyses if job.wildcards["method"] == method
@@ -257,7 +264,8 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
     # The report's aggregates, figures and findings are grouped with the performance table.
     report = [job for job in jobs if job.rule in REPORT_RULES]
     assert {(job.rule, job.wildcards.get("analysis") or job.wildcards.get("figure") or "") for job in report} == \
-        report_jobs(analyses_of(jobs_after_training({"frozen", "lora", "lora_init"})), trained=True), full_run
+        report_jobs(analyses_of(jobs_after_training({"frozen", "lora", "lora_init"}, dynamics=False)),
+                    WITHOUT_DYNAMICS, trained=True), full_run
     assert all(job.group and job.group[1] == "tables" for job in report), full_run
     # ... which asks for no more CPUs than the profile's `cores` (2, this node's size): its jobs run
     # at most two at a time, instead of asking for the sum of them all.
@@ -272,8 +280,8 @@ def test_every_job_of_the_pipeline_goes_through_sbatch_and_completes(workdir, fu
     assert len(folds) == 2 and len({job.group for job in folds}) == 1 and folds[0].group is not None, full_run
     assert [record["Comment"] for record in records.values()].count("rule_fold_tables_folds") == 1, records
     assert (workdir / "results" / "tables" / "performance.md").is_file()
-    assert sorted(p.name for p in (workdir / RUN).iterdir()) == ["history.csv", "metrics.json", "predictions.parquet",
-                                                                 "weights"]
+    assert sorted(p.name for p in (workdir / RUN).iterdir()) == ["checkpoints", "history.csv", "metrics.json",
+                                                                 "predictions.parquet", "weights"]
     from workflow_scripts.capture.store import validate_store
 
     for kind in ("acts", "grads"):
@@ -285,7 +293,7 @@ def test_a_changed_training_setting_resubmits_only_the_affected_jobs(workdir, fu
     records = completed_as_logged(rerun)
     # The untrained reference (lora_init) does not read the learning rate; nothing upstream does.
     # The retrained runs' stores are captured again.
-    assert ran(rerun) == sorted([("performance", None), *jobs_after_training({"frozen", "lora"})]), rerun
+    assert ran(rerun) == sorted([("performance", None), *jobs_after_training({"frozen", "lora"}, dynamics=False)]), rerun
     assert not set(records) & set(full_run.submitted)
 
 

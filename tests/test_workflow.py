@@ -177,10 +177,10 @@ def test_full_data_stage(workdir, tiny_run):
     # The training dynamics: the LoRA run's kept checkpoints, their stores and tables.
     from workflow_scripts.train.checkpoints import checkpoint_metadata
 
-    kept = sorted(p.name for p in (workdir / RUN / "checkpoints").iterdir())
+    kept = sorted(p.name for p in (workdir / RUN / "checkpoints").glob("*.safetensors"))
     assert kept == ["epoch0.safetensors", "epoch1.safetensors", "step1.safetensors"]
     assert checkpoint_metadata(workdir / RUN / "checkpoints" / "step1.safetensors")["step"] == 1
-    assert list((workdir / FROZEN_RUN / "checkpoints").iterdir()) == []
+    assert list((workdir / FROZEN_RUN / "checkpoints").glob("*.safetensors")) == []
     acts = workdir / "results" / "acts" / RUN.relative_to("results/runs")
     for checkpoint in ANALYSED:
         store = acts / "checkpoints" / f"{checkpoint}.zarr"
@@ -268,10 +268,11 @@ def dynamics_jobs(rules=DYNAMICS_RULES, checkpoints=ANALYSED) -> set[tuple[str, 
     return {(rule, f"lora@{checkpoint}") for rule in rules for checkpoint in checkpoints}
 
 
-def jobs_after_training(methods: set[str]) -> set[tuple[str, str]]:
+def jobs_after_training(methods: set[str], dynamics: bool = True) -> set[tuple[str, str]]:
     """(rule, method) of each job that follows when TINY's runs of ``methods`` (lora, frozen,
-    lora_init; one rank, seed and fold) are trained anew: their own jobs, and the comparisons of
-    the LoRA run with a side that changed (the report's jobs: :func:`report_jobs`)."""
+    lora_init; one rank, seed and fold) are trained anew: their own jobs, the comparisons of
+    the LoRA run with a side that changed and, with ``dynamics``, its checkpoints' jobs (the
+    report's jobs: :func:`report_jobs`)."""
     jobs = {(rule, method) for method in methods - {"lora_init"} for rule in ("train", *DOWNSTREAM)}
     jobs |= {("train", "lora_init"), ("capture_grads", "lora_init")} if "lora_init" in methods else set()
     jobs |= {(rule, method) for method in methods & {"lora", "lora_init"} for rule in ("spectra", "weight_spectra")}
@@ -282,7 +283,7 @@ def jobs_after_training(methods: set[str]) -> set[tuple[str, str]]:
         jobs |= {("contribution_difference", "lora"), ("cka_lora_frozen", "lora")}
     if methods & {"lora", "lora_init"}:
         jobs |= {("spectra_comparison", "lora"), ("cka", "lora")}
-    if "lora" in methods:  # its checkpoints, captured and analysed again
+    if dynamics and "lora" in methods:  # its checkpoints, captured and analysed again
         jobs |= dynamics_jobs()
     return jobs
 

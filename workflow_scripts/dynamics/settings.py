@@ -29,15 +29,10 @@ def _dynamics_keys(cls, spec: dict | None, names: tuple[str, ...]) -> dict:
     return {name: values[name] for name in names}
 
 
-@dataclass(frozen=True)
-class RepresentationSettings(StageSettings):
-    """``dynamics.{split, permutations, seed}``: the clips of the CKA to the base and final
-    checkpoints and its permutation null."""
+class DynamicsKeys(StageSettings):
+    """Settings that are some top-level keys of ``dynamics:`` (the dataclass's fields)."""
 
     SECTION = "dynamics"
-    split: str
-    permutations: int
-    seed: int
 
     @classmethod
     def from_config(cls, config: dict):
@@ -46,6 +41,16 @@ class RepresentationSettings(StageSettings):
     @classmethod
     def from_spec(cls, spec: dict | None):
         return cls.from_mapping(_dynamics_keys(cls, spec, tuple(f.name for f in dataclasses.fields(cls))))
+
+
+@dataclass(frozen=True)
+class RepresentationSettings(DynamicsKeys):
+    """``dynamics.{split, permutations, seed}``: the clips of the CKA to the base and final
+    checkpoints and its permutation null."""
+
+    split: str
+    permutations: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -88,20 +93,11 @@ class IntruderSettings(StageSettings):
 
 
 @dataclass(frozen=True)
-class SummarySettings(StageSettings):
+class SummarySettings(DynamicsKeys):
     """``dynamics.{lens_agreement, probe_fraction}``: the thresholds of the emergence checkpoints."""
 
-    SECTION = "dynamics"
     lens_agreement: float
     probe_fraction: float
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls.from_mapping({field.name: config["dynamics"][field.name] for field in dataclasses.fields(cls)})
-
-    @classmethod
-    def from_spec(cls, spec: dict | None):
-        return cls.from_mapping(_dynamics_keys(cls, spec, tuple(f.name for f in dataclasses.fields(cls))))
 
 
 @dataclass(frozen=True)
