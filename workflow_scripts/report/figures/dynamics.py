@@ -123,7 +123,7 @@ def dynamics_heatmaps(representation: pd.DataFrame | None, readouts: pd.DataFram
         if drawn:
             figure.colorbar(drawn[0].collections[0], ax=list(axes[row]), shrink=0.85, label=bar)
     figure.suptitle(title_text("Training dynamics per layer and checkpoint", configurations,
-                               count_text([rows for _, rows, _, _ in rows_of]) + " per cell"), fontsize=10)
+                               count_text([rows[rows["runs"] > 0] for _, rows, _, _ in rows_of]) + " per cell"), fontsize=10)
     return figure
 
 
