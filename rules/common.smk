@@ -302,6 +302,31 @@ def run_outputs(run):
     return [path_of(str(path), run) for path in rules.train.output]
 
 
+# ---- the training dynamics (rules/dynamics.smk) ----
+
+CHECKPOINTS_DIR = f"{RUN_DIR}/checkpoints"
+CHECKPOINT_STORE = f"{ACTS_DIR}/checkpoints/{{checkpoint}}.zarr"
+
+
+def dynamics_output(name):
+    """Where a dynamics analysis writes its table for run {wildcards} at {checkpoint}."""
+    return f"results/analyses/{name}/{RUN_PATTERN}/{{checkpoint}}.parquet"
+
+
+def checkpoint_store_at(checkpoint):
+    """Input function: the run's checkpoint store at a fixed checkpoint (the base, the final)."""
+
+    def store(wildcards):
+        return path_of(CHECKPOINT_STORE, {**dict(wildcards.items()), "checkpoint": checkpoint})
+
+    return store
+
+
+def run_dir_of_checkpoints(wildcards, input):
+    """The run's folder, from its checkpoints/ input (the steps read the checkpoint files there)."""
+    return os.path.dirname(os.path.normpath(input.checkpoints))
+
+
 # ---- the report ----
 
 def tables_of(name):

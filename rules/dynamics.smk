@@ -3,24 +3,6 @@
 # checkpoint, then summarised over seeds and folds. One job per run and checkpoint in each rule,
 # so adding a checkpoint to dynamics.checkpoints schedules only that checkpoint's jobs.
 
-CHECKPOINTS_DIR = f"{RUN_DIR}/checkpoints"
-CHECKPOINT_STORE = f"{ACTS_DIR}/checkpoints/{{checkpoint}}.zarr"
-
-
-def dynamics_output(name):
-    """Where a dynamics analysis writes its table for run {wildcards} at {checkpoint}."""
-    return f"results/analyses/{name}/{RUN_PATTERN}/{{checkpoint}}.parquet"
-
-
-def checkpoint_store_at(checkpoint):
-    """Input function: the run's checkpoint store at a fixed checkpoint (the base, the final)."""
-
-    def store(wildcards):
-        return path_of(ACTS_DIR, wildcards) + f"/checkpoints/{checkpoint}.zarr"
-
-    return store
-
-
 # The pooled arrays of the run's acts store (every clip of its fold, the same order) with the
 # run's parameters at {checkpoint}: no frame-level arrays.
 rule capture_checkpoint:
@@ -31,7 +13,7 @@ rule capture_checkpoint:
         directory(CHECKPOINT_STORE),
     params:
         spec=capture_spec_json("checkpoint"),
-        run_dir=RUN_DIR,
+        run_dir=run_dir_of_checkpoints,
     log:
         f"results/logs/capture_checkpoint/{RUN_PATTERN}/{{checkpoint}}.log",
     threads: MODEL_JOB_THREADS
@@ -80,7 +62,7 @@ rule dynamics_readouts:
         dynamics_output("dynamics_readouts"),
     params:
         spec=dynamics_params("dynamics_readouts"),
-        run_dir=RUN_DIR,
+        run_dir=run_dir_of_checkpoints,
     log:
         f"results/logs/dynamics_readouts/{RUN_PATTERN}/{{checkpoint}}.log",
     resources:
@@ -101,7 +83,7 @@ rule dynamics_weights:
     output:
         dynamics_output("dynamics_weights"),
     params:
-        run_dir=RUN_DIR,
+        run_dir=run_dir_of_checkpoints,
         final=DYNAMICS_FINAL,
     log:
         f"results/logs/dynamics_weights/{RUN_PATTERN}/{{checkpoint}}.log",
@@ -124,7 +106,7 @@ rule dynamics_intruders:
         dynamics_output("dynamics_intruders"),
     params:
         spec=dynamics_params("dynamics_intruders"),
-        run_dir=RUN_DIR,
+        run_dir=run_dir_of_checkpoints,
     log:
         f"results/logs/dynamics_intruders/{RUN_PATTERN}/{{checkpoint}}.log",
     resources:
