@@ -70,7 +70,8 @@ def contribution():
 def test_tables_cover_every_analysis():
     assert set(TABLES) == {"contribution", "contribution_difference", "logit_lens", "probes", "erasure", "spectra",
                            "spectra_comparison", "weight_spectra", "subspaces", "cka", "cka_lora_frozen",
-                           "cka_seeds", "embeddings"}
+                           "cka_seeds", "embeddings", "dynamics_representation", "dynamics_readouts",
+                           "dynamics_weights", "dynamics_intruders"}
     assert tuple(CONFIGURATION) == ("dataset", "protocol", "model", "method", "targets", "rank")
     assert RUN_COLUMNS == ["run", "seed", "fold"]
     assert "k" in TABLES["spectra"].keys and "k" in TABLES["weight_spectra"].keys

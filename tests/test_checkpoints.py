@@ -160,6 +160,6 @@ def test_a_checkpoint_the_run_did_not_keep_names_run_checkpoint_and_setting(runs
     assert RUN_ID in message and "checkpoint step5 was not kept" in message and "training.checkpoints" in message
     assert "['epoch0', 'step1', 'step3', 'epoch1', 'epoch2']" in message  # what the run holds, in order
     with pytest.raises(InputError, match=r"the run keeps no checkpoints .* epoch2 is asked for. "
-                                         r"Set training.checkpoints"):
+                                         r"To add it, set training.checkpoints"):
         require_checkpoint(RUN_ID, tmp_path, "epoch2")
     assert json.loads((folder / "metrics.json").read_text())["run"] == RUN_ID

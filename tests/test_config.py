@@ -11,13 +11,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 # config.yaml shortens training so that the demo runs in minutes on a CPU, on one fold with two
 # ranks and two seeds (for the cross-rank and cross-seed analyses); nothing else differs.
-DEMO_OVERRIDES = {"folds": [1], "ranks": [4, 8], "seeds": [0, 1], "epochs": 4, "lr": 5.0e-4}
+DEMO_OVERRIDES = {"folds": [1], "ranks": [4, 8], "seeds": [0, 1], "epochs": 4, "lr": 5.0e-4,
+                  "checkpoints": {"epochs": [0, 1, 2, 4], "steps": []}}
+#: The default run analyses three of the four checkpoints it keeps (the schema: every kept one).
+DEMO_DYNAMICS = {"checkpoints": ["epoch0", "epoch2", "epoch4"]}
 
 
 def test_default_config_is_valid_and_equals_the_schema_defaults():
     from_file = load_config(REPO / "config" / "config.yaml")
     from_defaults = validate_config({})
     from_defaults["training"].update(DEMO_OVERRIDES)
+    from_defaults["dynamics"].update(DEMO_DYNAMICS)
     assert from_file == from_defaults  # config.yaml spells out the defaults
     assert from_file["datasets"]["demo"]["folds"]["protocols"] == ["loso_speaker"]
     assert from_file["audio"]["sample_rate"] == 16000

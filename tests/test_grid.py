@@ -39,11 +39,13 @@ def test_the_default_grid_s_runs_and_run_sets(default_grid):
     assert len(default_grid) == 14  # 3 LoRA methods x 2 ranks x 2 seeds + 2 frozen
     sizes = {name: len(runs) for name, runs in default_grid.run_sets.items()}
     assert sizes == {"readouts": 6, "erasure": 6, "adapted": 12, "lora_with_frozen": 4,
-                     "lora_with_references": 4, "later_seeds": 3}
+                     "lora_with_references": 4, "later_seeds": 3, "dynamics": 4, "dynamics_lora": 4}
     assert {analysis: len(default_grid.units(analysis)) for analysis in ANALYSES} == {
         "contribution": 6, "contribution_difference": 4, "logit_lens": 6, "probes": 6, "erasure": 6,
         "spectra": 12, "spectra_comparison": 4, "weight_spectra": 12, "subspaces": 1, "cka": 4,
-        "cka_lora_frozen": 4, "cka_seeds": 3, "embeddings": 2}
+        "cka_lora_frozen": 4, "cka_seeds": 3, "embeddings": 2,
+        # the 4 LoRA runs at the 3 analysed checkpoints
+        "dynamics_representation": 12, "dynamics_readouts": 12, "dynamics_weights": 12, "dynamics_intruders": 12}
 
 
 def test_one_run_s_relations(default_grid):
@@ -112,12 +114,13 @@ def test_the_cache_builds_one_grid_per_state_of_the_fold_tables(tmp_path):
 
 
 def test_every_analysis_has_its_rule_and_a_valid_entry():
-    rules = set(re.findall(r"^rule (\w+):", (REPO / "rules" / "analyses.smk").read_text(), re.M))
+    rules = {rule for part in ("analyses", "dynamics")
+             for rule in re.findall(r"^rule (\w+):", (REPO / "rules" / f"{part}.smk").read_text(), re.M)}
     grid = Grid.from_config(config_with(), folds_of=None)
     for name, spec in ANALYSES.items():
-        assert name in rules, f"rules/analyses.smk has no rule {name}"
-        assert spec.unit in ("run", "group")
-        if spec.unit == "run":
+        assert name in rules, f"rules/analyses.smk (or dynamics.smk) has no rule {name}"
+        assert spec.unit in ("run", "group", "checkpoint")
+        if spec.unit in ("run", "checkpoint"):
             assert spec.applies_to in grid.run_sets
         else:
             assert spec.applies_to in ("subspace", "embedding")

@@ -591,7 +591,18 @@ def all_tables():
         "subspaces": ({"subspaces": subspaces}, {}),
         "cka_heatmap": ({"cka_lora_frozen": layer_table([LORA_R4], "lora_vs_frozen"),
                          "cka_seeds": layer_table([LORA_R4], "seed_vs_seed")}, {}),
+        **dynamics_tables(),
     }
+
+
+def dynamics_tables():
+    """The training dynamics' figures, from tests/test_dynamics_figures.py's aggregated tables."""
+    from test_dynamics_figures import intruder_table, tables
+
+    representation, readouts, weights = tables()
+    return {"dynamics_heatmaps": ({"dynamics_representation": representation, "dynamics_readouts": readouts,
+                                   "dynamics_weights": weights}, {}),
+            "dynamics_intruders": ({"dynamics_intruders": intruder_table()}, {})}
 
 
 @pytest.mark.parametrize("name", sorted(FIGURES))
