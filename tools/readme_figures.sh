@@ -5,7 +5,7 @@
 #   bash tools/readme_figures.sh            # from the repository root, after tools/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FIGURES=(contribution logit_lens energy cka cka_heatmap probes)
+FIGURES=(contribution logit_lens energy cka cka_heatmap probes dynamics_heatmaps)
 targets=()
 for name in "${FIGURES[@]}"; do targets+=("results/report/figures/${name}.png"); done
 .venv/bin/snakemake --cores all "${targets[@]}"
