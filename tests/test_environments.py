@@ -105,7 +105,8 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def imports_of(name: str) -> tuple[set[str], set[str]]:
+@lru_cache(maxsize=None)
+def imports_of(name: str) -> tuple[frozenset[str], frozenset[str]]:
     """``(package modules, third-party top-level names)`` that module ``name`` imports anywhere."""
     file = module_file(name)
     tree = ast.parse(file.read_text())
@@ -140,7 +141,7 @@ def imports_of(name: str) -> tuple[set[str], set[str]]:
         for sub in file.parent.glob("*.py"):
             if sub.name != "__init__.py":
                 note(f"{name}.{sub.stem}")
-    return own, third_party
+    return frozenset(own), frozenset(third_party)
 
 
 def third_party_imports(entry: str) -> dict[str, str]:
@@ -193,8 +194,15 @@ def requirement_closure(names: frozenset[str]) -> frozenset[str]:
     return frozenset(closure)
 
 
+@lru_cache(maxsize=None)
+def installed_distributions() -> dict[str, list[str]]:
+    """Top-level name -> distributions, over the installed packages. Once per session: reading
+    every distribution's file list takes seconds, and each rule's check asks it for many names."""
+    return metadata.packages_distributions()
+
+
 def distributions_of(top_level: str) -> set[str]:
-    return {canonicalize_name(d) for d in metadata.packages_distributions().get(top_level, [])}
+    return {canonicalize_name(d) for d in installed_distributions().get(top_level, [])}
 
 
 def missing_packages(entry: str, listed: set[str]) -> list[str]:
