@@ -197,7 +197,8 @@ def slurm_snakemake(workdir: Path, *args: str, config: dict | None = None, env: 
 # table the grid reads is a checkpoint made first, on its own.)
 # It keeps no checkpoints (the training dynamics are the same rules under any executor, and
 # tests/test_workflow.py runs them): this file's time stays what it was.
-CPU_ONLY = with_changes(TINY, gpus=0, training={"folds": [1], "checkpoints": {"epochs": [], "steps": []}})
+CPU_ONLY = with_changes(TINY, gpus=0, training={"folds": [1], "checkpoints": {"epochs": [], "steps": []}},
+                        dynamics={"checkpoints": []})
 WITHOUT_DYNAMICS = TINY_ANALYSES - DYNAMICS_ANALYSES
 # A downstream setting: only the trained runs (not the untrained reference) and the table read it.
 LR_CHANGED = with_changes(CPU_ONLY, training={"lr": 5e-3})

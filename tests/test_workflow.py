@@ -418,7 +418,7 @@ def test_adding_a_checkpoint_to_dynamics_schedules_only_its_jobs(workdir, tiny_r
     # A checkpoint the runs do not keep stops the plan, naming both keys.
     result = snakemake(workdir, "-n", config=with_changes(TINY, dynamics={"checkpoints": ["step2"]}), check=False)
     assert result.returncode != 0
-    assert "dynamics.checkpoints: ['step2'] are not kept by training.checkpoints" in result.stderr
+    assert "dynamics.checkpoints: ['step2'] are not kept by training.checkpoints" in result.stdout + result.stderr
 
 
 # The analyses made once per trained LoRA run (or its group), comparing it with other runs.
