@@ -123,11 +123,13 @@ def settings_of(name: str, config: dict, dataset: str) -> StageSettings | None:
     section = SECTIONS[name]
     if section is None:
         return None
-    if section.startswith("dynamics_"):  # the training dynamics' jobs read dynamics: (and analyses.probes)
-        from workflow_scripts.dynamics.settings import dynamics_settings
+    if section in SETTINGS_OF_SECTION:
+        return SETTINGS_OF_SECTION[section].from_config(config, dataset)
+    # The training dynamics' jobs read dynamics: (and analyses.probes); their settings module
+    # imports this one, hence the late import.
+    from workflow_scripts.dynamics.settings import dynamics_settings
 
-        return dynamics_settings(section, config)
-    return SETTINGS_OF_SECTION[section].from_config(config, dataset)
+    return dynamics_settings(section, config)
 
 
 def erasure_settings(config: dict, dataset: str) -> dict:

@@ -23,12 +23,7 @@ from workflow_scripts.cli import entry_parser, resolve_spec, run_main
 from workflow_scripts.cluster import check_gpu_allocation
 from workflow_scripts.errors import InputError
 from workflow_scripts.runs import Run, add_run_arguments
-from workflow_scripts.train.checkpoints import (
-    checkpoint_metadata,
-    load_checkpoint_tensors,
-    parse_checkpoint,
-    require_checkpoint,
-)
+from workflow_scripts.train.checkpoints import load_checkpoint_tensors, parse_checkpoint, run_checkpoint
 from workflow_scripts.train.loop import load_parameters
 
 log = logging.getLogger(__name__)
@@ -40,11 +35,7 @@ def load_checkpoint_model(run: Run, checkpoint_id: str, run_dir: Path, checkpoin
     in eval mode, and the checkpoint's metadata. A checkpoint the run did not keep is an
     :class:`InputError` naming the run, the checkpoint and ``training.checkpoints``."""
     parse_checkpoint(checkpoint_id)
-    path = require_checkpoint(run.id, run_dir, checkpoint_id)
-    metadata = checkpoint_metadata(path)
-    if (metadata["run"], metadata["checkpoint"]) != (run.id, checkpoint_id):
-        raise InputError(f"{path} holds checkpoint {metadata['checkpoint']} of run {metadata['run']}, "
-                         f"not {checkpoint_id} of {run.id}: rerun that run's train job")
+    path, metadata = run_checkpoint(run.id, run_dir, checkpoint_id)
     model = load_run_model(run, checkpoint, Path(run_dir) / "weights", classes)
     try:
         load_parameters(model, load_checkpoint_tensors(path, "pt"))

@@ -56,16 +56,14 @@ def checkpoint_head(tensors: dict, method: str, source: str | Path) -> tuple[tup
                        for parameter in ("weight", "bias")) for module in HEAD_MODULES)
 
 
-def check_checkpoint(store, metadata: dict, run_id: str, checkpoint: str, path: str | Path) -> None:
-    """The store and the checkpoint file are both ``checkpoint`` of run ``run_id``."""
+def check_checkpoint(store, checkpoint: str) -> None:
+    """The store is a capture of ``checkpoint`` (the file's run and checkpoint are checked by
+    :func:`workflow_scripts.train.checkpoints.run_checkpoint`)."""
     from workflow_scripts.dynamics.representation import checkpoint_attributes
 
     stored = checkpoint_attributes(store)["checkpoint"]
     if stored != checkpoint:
         raise InputError(f"{store.path} holds checkpoint {stored}, but --checkpoint-id is {checkpoint}")
-    if metadata.get("run") != run_id or metadata.get("checkpoint") != checkpoint:
-        raise InputError(f"{path} is checkpoint {metadata.get('checkpoint')} of run {metadata.get('run')}, "
-                         f"not {checkpoint} of {run_id}")
 
 
 def readouts(store, projector: tuple, classifier: tuple, settings) -> pd.DataFrame:
@@ -96,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     from workflow_scripts.dynamics.settings import ReadoutSettings
     from workflow_scripts.provenance import provenance
     from workflow_scripts.runs import Run
-    from workflow_scripts.train.checkpoints import checkpoint_metadata, load_checkpoint_tensors, require_checkpoint
+    from workflow_scripts.train.checkpoints import load_checkpoint_tensors, run_checkpoint
 
     parser = analysis_parser("workflow_scripts.dynamics.readouts", __doc__)
     parser.add_argument("--run-dir", required=True, help="results/runs/{run} (its checkpoints/ folder)")
@@ -105,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     run = Run.from_wildcards(vars(args))
     settings = ReadoutSettings.from_spec(
         resolve_spec(args, lambda config: ReadoutSettings.from_config(config).as_dict()))
-    path = require_checkpoint(run.id, args.run_dir, args.checkpoint_id)
+    path, _ = run_checkpoint(run.id, args.run_dir, args.checkpoint_id)
     store = CaptureStore(args.acts, kind="acts", run=run.id)
-    check_checkpoint(store, checkpoint_metadata(path), run.id, args.checkpoint_id, path)
+    check_checkpoint(store, args.checkpoint_id)
     projector, classifier = checkpoint_head(load_checkpoint_tensors(path, "np"), run.method, path)
     table = with_run_columns(readouts(store, projector, classifier, settings), run)
     write_analysis(table, args.out, provenance(ANALYSIS, settings.as_dict(), run=run.id, acts=args.acts,

@@ -45,11 +45,7 @@ from workflow_scripts.analyses.weight_spectra import (
 )
 from workflow_scripts.cli import run_main
 from workflow_scripts.errors import InputError
-from workflow_scripts.train.checkpoints import (
-    checkpoint_metadata,
-    load_checkpoint_tensors,
-    require_checkpoint,
-)
+from workflow_scripts.train.checkpoints import checkpoint_file, load_checkpoint_tensors, run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +72,14 @@ def checkpoint_factors(run, run_dir: str | Path, checkpoint: str) -> tuple[Facto
     if run.method != "lora":
         raise InputError(f"run {run.id}: method {run.method!r} keeps no checkpoints (only lora and full "
                          "runs train and keep them)")
-    path = require_checkpoint(run.id, run_dir, checkpoint)
+    path = checkpoint_file(run_dir, checkpoint)
     try:
-        metadata = checkpoint_metadata(path)
+        path, metadata = run_checkpoint(run.id, run_dir, checkpoint)
         tensors = load_checkpoint_tensors(path, "np")
     except (OSError, SafetensorError, ValueError, KeyError) as error:
         if isinstance(error, InputError):
             raise
         raise InputError(f"{path}: not a readable checkpoint ({error})") from error
-    if metadata["run"] != run.id or metadata["checkpoint"] != checkpoint:
-        raise InputError(f"{path}: holds run {metadata['run']} at {metadata['checkpoint']}, "
-                         f"not run {run.id} at {checkpoint}")
     if metadata["scaling"] is None or not math.isfinite(metadata["scaling"]):
         raise InputError(f"{path}: scaling {metadata['scaling']!r} is not a number (not a LoRA checkpoint?)")
     return lora_factors(tensors, path, run.rank), metadata["scaling"], metadata

@@ -147,3 +147,14 @@ def require_checkpoint(run_id: str, run_dir: str | Path, checkpoint: str, kept: 
     raise InputError(f"{run_id}: checkpoint {checkpoint} was not kept: {folder} holds {found or 'none'}, "
                      f"as training.checkpoints was when the run trained{wanted}. To add it, keep {checkpoint} in "
                      f"training.checkpoints and {rerun}")
+
+
+def run_checkpoint(run_id: str, run_dir: str | Path, checkpoint: str, kept: list[str] | None = None) -> tuple[Path, dict]:
+    """The file of ``checkpoint`` in a run's folder (:func:`require_checkpoint`) and its metadata,
+    which must name that run and checkpoint (a file copied from another run is refused)."""
+    path = require_checkpoint(run_id, run_dir, checkpoint, kept)
+    metadata = checkpoint_metadata(path)
+    if (metadata["run"], metadata["checkpoint"]) != (run_id, checkpoint):
+        raise InputError(f"{path}: holds run {metadata['run']} at {metadata['checkpoint']}, "
+                         f"not run {run_id} at {checkpoint}")
+    return path, metadata
